@@ -1,0 +1,36 @@
+"""leantune: parameter-efficient fine-tuning of pretrained language models."""
+
+from leantune.adapters import (
+    adapter_names,
+    add_adapter,
+    attach,
+    delete_adapter,
+    disable_adapters,
+    load_adapter,
+    merge,
+    merge_adapter,
+    save_adapter,
+    set_adapter,
+    trainable_parameters,
+    unmerge_adapter,
+)
+from leantune.errors import AdapterMismatchError, LeantuneError
+from leantune.methods import (
+    BitFitConfig,
+    BottleneckConfig,
+    FullConfig,
+    HeadOnlyConfig,
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterMismatchError", "BitFitConfig", "BottleneckConfig", "FullConfig", "HeadOnlyConfig", "IA3Config",
+    "LeantuneError", "LoraConfig", "PrefixTuningConfig", "PromptTuningConfig", "adapter_names", "add_adapter",
+    "attach", "delete_adapter", "disable_adapters", "load_adapter", "merge", "merge_adapter", "save_adapter",
+    "set_adapter", "trainable_parameters", "unmerge_adapter",
+]

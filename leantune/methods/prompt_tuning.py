@@ -1,0 +1,137 @@
+"""Prompt tuning (Lester et al. 2021): trainable virtual-token embeddings prepended to the input embeddings."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from leantune.errors import LeantuneError
+from leantune.methods.base import MethodConfig
+from leantune.methods.prompt_learning import PromptLearningMethod
+
+
+class PromptTuningConfig(MethodConfig):
+    """Prompt-tuning settings. ``init="text"`` starts the virtual tokens from the embeddings of ``init_text``."""
+
+    peft_type: ClassVar[str] = "PROMPT_TUNING"
+
+    num_virtual_tokens: int = Field(20, gt=0)
+    init: Literal["vocab", "random", "text"] = "vocab"
+    """vocab: rows of the model's own embedding matrix (right scale); random: N(0, 1) as peft; text: see init_text."""
+    init_text: str | None = None
+    tokenizer_name_or_path: str | None = None
+    """Tokenizer for ``init_text``; None: the model's own folder (``model.config._name_or_path``)."""
+
+    def peft_dict(self, resolved: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "peft_type": "PROMPT_TUNING",
+            "num_virtual_tokens": self.num_virtual_tokens,
+            "token_dim": resolved["token_dim"],
+            "num_transformer_submodules": resolved["num_transformer_submodules"],
+            "num_attention_heads": resolved["num_attention_heads"],
+            "num_layers": resolved["num_layers"],
+            "prompt_tuning_init": {"vocab": "SAMPLE_VOCAB", "random": "RANDOM", "text": "TEXT"}[self.init],
+            "prompt_tuning_init_text": self.init_text,
+            "tokenizer_name_or_path": resolved.get("tokenizer_name_or_path"),
+            "modules_to_save": resolved.get("modules_to_save"),
+        }
+
+    @classmethod
+    def from_peft_dict(cls, d: dict[str, Any]) -> PromptTuningConfig:
+        # The weights come from the file, so the initialisation is not replayed (no tokenizer needed to load).
+        return cls(num_virtual_tokens=d["num_virtual_tokens"], init="random", modules_to_save=d.get("modules_to_save"))
+
+
+class PromptEmbedding(nn.Module):
+    """``num_virtual_tokens × num_transformer_submodules`` trainable embeddings."""
+
+    def __init__(self, rows: int, dim: int, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(rows, dim, device=device, dtype=dtype)
+
+    def forward(self, batch_size: int, n: int) -> torch.Tensor:
+        return self.embedding.weight[:n].unsqueeze(0).expand(batch_size, -1, -1)
+
+
+def model_dims(model: nn.Module) -> dict[str, int]:
+    """Hidden size, layer and head counts of a transformers model (names differ between architectures)."""
+    c = model.config
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or getattr(c, "n_embd", None)
+    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "num_layers", None) or getattr(c, "n_layer", None)
+    heads = getattr(c, "num_attention_heads", None) or getattr(c, "num_heads", None) or getattr(c, "n_head", None)
+    if not (hidden and layers and heads):
+        raise LeantuneError(f"Cannot read hidden size / layers / heads from {type(c).__name__}.")
+    return {"hidden": hidden, "layers": layers, "heads": heads}
+
+
+class PromptTuningMethod(PromptLearningMethod):
+    name = "prompt"
+    config_cls = PromptTuningConfig
+
+    def build_encoder(self, model: nn.Module, name: str, config: Any) -> tuple[nn.Module, dict[str, Any]]:
+        assert isinstance(config, PromptTuningConfig)
+        dims = model_dims(model)
+        words = model.get_input_embeddings()
+        submodules = 2 if getattr(model.config, "is_encoder_decoder", False) else 1
+        n = config.num_virtual_tokens
+        enc = PromptEmbedding(n * submodules, dims["hidden"], words.weight.device, words.weight.dtype)
+        tokenizer_path = config.tokenizer_name_or_path or getattr(model.config, "_name_or_path", None) or None
+        with torch.no_grad():
+            if config.init == "random":
+                nn.init.normal_(enc.embedding.weight)
+            else:
+                ids = self._init_ids(config, words.weight.shape[0], n * submodules, tokenizer_path)
+                enc.embedding.weight.copy_(words.weight[ids].detach())
+        resolved = {
+            "token_dim": dims["hidden"],
+            "num_transformer_submodules": submodules,
+            "num_attention_heads": dims["heads"],
+            "num_layers": dims["layers"],
+            "tokenizer_name_or_path": tokenizer_path if config.init == "text" else None,
+        }
+        return enc, resolved
+
+    @staticmethod
+    def _init_ids(config: PromptTuningConfig, vocab: int, rows: int, tokenizer_path: str | None) -> torch.Tensor:
+        if config.init == "vocab":
+            g = torch.Generator().manual_seed(0)
+            return torch.randint(0, vocab, (rows,), generator=g)
+        if not config.init_text:
+            raise LeantuneError("Prompt tuning with init='text' needs init_text.")
+        if not tokenizer_path:
+            raise LeantuneError("Prompt tuning with init='text' needs tokenizer_name_or_path (the model has none).")
+        from transformers import AutoTokenizer
+
+        ids = AutoTokenizer.from_pretrained(tokenizer_path)(config.init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise LeantuneError(f"init_text {config.init_text!r} tokenises to nothing.")
+        reps = -(-rows // len(ids))
+        return torch.tensor((ids * reps)[:rows])
+
+    def rewrite(self, model: nn.Module, encoder: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+        n = require_n(model, encoder)
+        embeds = kwargs.pop("inputs_embeds", None)
+        input_ids = kwargs.pop("input_ids", None)
+        if embeds is None:
+            embeds = model.get_input_embeddings()(input_ids)
+        batch = embeds.shape[0]
+        prompts = encoder(batch, n).to(embeds.dtype)
+        kwargs["inputs_embeds"] = torch.cat([prompts, embeds], dim=1)
+        self.prepend_mask(kwargs, n)
+        tt = kwargs.get("token_type_ids")
+        if tt is not None:
+            kwargs["token_type_ids"] = torch.cat([torch.zeros(batch, n, dtype=tt.dtype, device=tt.device), tt], 1)
+        labels = kwargs.get("labels")
+        seq2seq = getattr(model.config, "is_encoder_decoder", False)
+        if labels is not None and not seq2seq and labels.dim() == 2 and labels.shape[1] == embeds.shape[1]:
+            pad = torch.full((batch, n), -100, dtype=labels.dtype, device=labels.device)
+            kwargs["labels"] = torch.cat([pad, labels], dim=1)
+        return kwargs
+
+
+def require_n(model: nn.Module, encoder: PromptEmbedding) -> int:
+    submodules = 2 if getattr(model.config, "is_encoder_decoder", False) else 1
+    return encoder.embedding.weight.shape[0] // submodules

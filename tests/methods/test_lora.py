@@ -1,0 +1,140 @@
+"""LoRA specifics: targets, scaling, inits (standard, gaussian, PiSSA), bias modes, Conv1D and embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft import PeftModel
+from tiny_models import batch, bert, gpt2, llama, output_of, randomize_
+
+import leantune as lt
+from leantune.methods.lora import LoraEmbedding, LoraLinear
+
+
+def test_trainable_count_matches_the_formula_on_tiny_llama():
+    model = lt.attach(llama(), lt.LoraConfig(r=4))
+    # per layer: q(32->32) k(32->16) v(32->16) o(32->32) gate(32->64) up(32->64) down(64->32)
+    per_layer = sum(4 * (i + o) for i, o in [(32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)])
+    assert lt.trainable_parameters(model)[0] == 2 * per_layer
+
+
+def test_default_targets_skip_the_lm_head_and_all_linear_works():
+    model = lt.attach(llama(), lt.LoraConfig(r=2, target_modules="all-linear"))
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoraLinear)]
+    assert len(wrapped) == 14 and not any("lm_head" in n for n in wrapped)
+
+
+def test_regex_targets():
+    model = lt.attach(llama(), lt.LoraConfig(r=2, target_modules=r".*layers\.1\.self_attn\.(q|v)_proj"))
+    wrapped = sorted(n for n, m in model.named_modules() if isinstance(m, LoraLinear))
+    assert wrapped == ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+
+
+def test_exclude_modules():
+    model = lt.attach(llama(), lt.LoraConfig(r=2, target_modules="all-linear", exclude_modules=["down_proj"]))
+    assert not any("down_proj" in n for n, m in model.named_modules() if isinstance(m, LoraLinear))
+
+
+def test_bad_targets_give_clear_errors():
+    with pytest.raises(lt.LeantuneError, match="matched no module.*q_proj"):
+        lt.attach(llama(), lt.LoraConfig(target_modules=["query"]))
+    with pytest.raises(lt.LeantuneError, match="LlamaRMSNorm"):
+        lt.attach(llama(), lt.LoraConfig(target_modules=["input_layernorm"]))
+    model = llama()
+    with pytest.raises(lt.LeantuneError):
+        lt.attach(model, lt.LoraConfig(target_modules=["nothing"]))
+    assert "_leantune" not in model.__dict__  # a failed attach leaves the model as it was
+
+
+def test_rslora_and_standard_scaling():
+    assert lt.LoraConfig(r=16, alpha=32).scaling == 2.0
+    assert lt.LoraConfig(r=16, alpha=32, use_rslora=True).scaling == pytest.approx(32 / math.sqrt(16))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        lt.LoraConfig(r=0)
+    with pytest.raises(ValueError, match="extra"):
+        lt.LoraConfig(rank=8)
+    with pytest.raises(ValueError):
+        lt.LoraConfig(init="magic")
+
+
+def test_standard_and_gaussian_init_start_as_the_base():
+    inputs = batch("llama")
+    base = output_of(llama(), inputs)
+    for init in ("standard", "gaussian"):
+        model = lt.attach(llama(), lt.LoraConfig(r=4, init=init))
+        torch.testing.assert_close(output_of(model, inputs), base)
+    a = lt.attach(llama(), lt.LoraConfig(r=8, init="gaussian")).model.layers[0].self_attn.q_proj.lora_A["default"]
+    assert abs(a.weight.std().item() - 1 / 8) < 0.03
+
+
+def test_pissa_starts_as_the_base_and_saves_as_plain_lora(tmp_path):
+    inputs = batch("llama")
+    base = output_of(llama(), inputs)
+    model = lt.attach(llama(), lt.LoraConfig(r=4, init="pissa", target_modules=["q_proj", "v_proj"]))
+    torch.testing.assert_close(output_of(model, inputs), base, atol=1e-5, rtol=1e-5)
+    # principal components: the adapter holds the top singular directions of the weight
+    q = model.model.layers[0].self_attn.q_proj
+    assert torch.linalg.matrix_norm(q.base_layer.weight) < torch.linalg.matrix_norm(llama().model.layers[0].self_attn.q_proj.weight)
+    # train a little, then save: the file is a rank-2r LoRA relative to the *original* weights
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    expected = output_of(model, inputs)
+    lt.save_adapter(model, tmp_path)
+    ours = lt.load_adapter(llama(), tmp_path)
+    torch.testing.assert_close(output_of(ours, inputs), expected, atol=1e-5, rtol=1e-5)
+    theirs = PeftModel.from_pretrained(llama(), tmp_path)
+    torch.testing.assert_close(output_of(theirs, inputs), expected, atol=1e-5, rtol=1e-5)
+    # merging the PiSSA model gives the same fine-tuned weights
+    torch.testing.assert_close(output_of(lt.merge(model), inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode,expected_bias", [("none", 0), ("lora_only", 2 * (32 + 32)), ("all", None)])
+def test_bias_modes(mode, expected_bias):
+    model = lt.attach(bert(), lt.LoraConfig(r=2, target_modules=["query", "value"], bias=mode))
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias") and "classifier" not in n]
+    size = sum(p.numel() for n, p in model.named_parameters() if n in trained)
+    if expected_bias is None:
+        all_biases = [n for n, _ in bert().named_parameters() if n.endswith("bias") and "classifier" not in n]
+        assert len(trained) == len(all_biases)
+    else:
+        assert size == expected_bias
+
+
+def test_gpt2_conv1d_is_detected_and_saved_as_fan_in_fan_out(tmp_path):
+    import json
+
+    model = lt.attach(gpt2(), lt.LoraConfig(r=2, target_modules=["c_attn"]))
+    lt.save_adapter(model, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    with pytest.raises(lt.LeantuneError, match="fan_in_fan_out"):
+        lt.attach(gpt2(), lt.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=False))
+
+
+def test_embedding_lora_and_dora():
+    inputs = batch("llama")
+    for dora in (False, True):
+        model = lt.attach(llama(), lt.LoraConfig(r=2, target_modules=["embed_tokens"], use_dora=dora))
+        assert isinstance(model.model.embed_tokens, LoraEmbedding)
+        assert model.get_input_embeddings().weight.shape == (96, 32)  # attribute access reaches the base
+        randomize_(p for p in model.parameters() if p.requires_grad)
+        expected = output_of(model, inputs)
+        torch.testing.assert_close(output_of(lt.merge(model), inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_dropout_only_in_training():
+    model = lt.attach(llama(), lt.LoraConfig(r=4, dropout=0.5, init="random"))
+    inputs = batch("llama")
+    a, b = output_of(model, inputs), output_of(model, inputs)
+    torch.testing.assert_close(a, b)  # eval: deterministic
+    model.train()
+    with torch.no_grad():
+        c = model(input_ids=inputs["input_ids"]).logits
+        d = model(input_ids=inputs["input_ids"]).logits
+    assert not torch.allclose(c, d)

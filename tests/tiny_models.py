@@ -1,0 +1,90 @@
+"""Tiny randomly initialised transformers models built from configs (no downloads), shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+VOCAB = 96
+
+
+def llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def llama_cls(seed: int = 0) -> LlamaForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0)
+    return LlamaForSequenceClassification(cfg).eval()
+
+
+def gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                     bos_token_id=1, eos_token_id=2)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_labels=3, max_position_embeddings=128)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def t5(seed: int = 0) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return T5ForConditionalGeneration(cfg).eval()
+
+
+FACTORIES = {"llama": llama, "gpt2": gpt2, "bert": bert, "t5": t5, "llama_cls": llama_cls}
+
+
+def batch(model_name: str, seed: int = 1, batch_size: int = 2, length: int = 7) -> dict[str, torch.Tensor]:
+    """Inputs with a padded row and labels fitting the model's task."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch_size, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if model_name in ("bert", "llama_cls"):
+        out["labels"] = torch.randint(0, 3, (batch_size,), generator=g)
+    elif model_name == "t5":
+        out["labels"] = torch.randint(3, VOCAB, (batch_size, 5), generator=g)
+        out["decoder_input_ids"] = torch.cat([torch.zeros(batch_size, 1, dtype=torch.long), out["labels"][:, :-1]], 1)
+    else:
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        out["labels"] = labels
+    return out
+
+
+def output_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The logits of a forward pass (without labels)."""
+    with torch.no_grad():
+        return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+
+def randomize_(params) -> None:
+    """Give adapter parameters non-trivial values (LoRA's B starts at zero, which would make every test pass)."""
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if p.dim() <= 2 and p.shape[-1] == 1 else 0.0))
