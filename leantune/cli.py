@@ -32,10 +32,103 @@ def cmd_methods(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
+def _print_metrics(title: str, metrics: dict) -> None:
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    print(title + ": " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Fine-tune as a YAML config describes."""
+    from leantune.config import load_config
+    from leantune.train.loop import fine_tune
+
+    cfg = load_config(args.config, args.set)
+    result = fine_tune(cfg, overwrite=args.overwrite, quiet=args.quiet)
+    _print_metrics("before", result.before)
+    _print_metrics("after ", result.after)
+    print(f"run folder: {result.run_dir}  (adapter/, metrics.json, train_log.jsonl, loss.png)")
+
+
+def _load_run(run_dir: str):
+    """(config, task, model on the best device, device) of a finished run."""
+    from leantune.train.loop import pick_device
+    from leantune.train.runs import load_run
+
+    cfg, task, model = load_run(run_dir)
+    device = pick_device()
+    return cfg, task, model.to(device), device
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Evaluate a finished run on a labelled data file."""
+    import json
+
+    _, task, model, device = _load_run(args.run_dir)
+    _, features = task.read_file(args.data, args.format, need_labels=True)
+    metrics = task.evaluate(model, features, device)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """Predict labels (with probabilities) for every row of a file; write CSV or JSONL."""
+    import csv
+    import json
+    from pathlib import Path
+
+    cfg, task, model, device = _load_run(args.run_dir)
+    records, features = task.read_file(args.input, args.format, need_labels=False)
+    rows = task.predict(model, features, device)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text_col = cfg.data.text_column
+    full = [{text_col: r[text_col], **row} for r, row in zip(records, rows, strict=True)]
+    if out.suffix == ".jsonl":
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in full))
+    else:
+        with out.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(full[0]), delimiter="\t" if out.suffix == ".tsv" else ",")
+            w.writeheader()
+            w.writerows(full)
+    print(f"wrote {len(full)} predictions to {out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Fine-tune the embedded MiniLM on the built-in sentiment sample and report before / after."""
+    from leantune.demo import run_demo
+
+    run_demo(method=args.method, output_dir=args.output_dir, quiet=args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leantune", description="Parameter-efficient fine-tuning of language models.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune as a YAML config describes")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run on a labelled file")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True)
+    p.add_argument("--format", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict labels for a file")
+    p.add_argument("run_dir")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True, help="a .csv, .tsv or .jsonl file")
+    p.add_argument("--format", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="fine-tune MiniLM on the built-in sentiment sample (about a minute on CPU)")
+    p.add_argument("--method", default="lora")
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("methods", help="trainable parameters of every method on a model")
     p.add_argument("--model", default="minilm", help="alias (minilm, smollm2), local folder or hub id")

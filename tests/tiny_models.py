@@ -88,3 +88,58 @@ def randomize_(params) -> None:
     with torch.no_grad():
         for p in params:
             p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if p.dim() <= 2 and p.shape[-1] == 1 else 0.0))
+
+
+# ------------------------------------------------------------------ local model folders for end-to-end tests
+
+WORDS = ("the a movie film food service room book was is very really quite great good lovely excellent superb "
+         "bad awful terrible poor boring and but not i it this").split()
+POSITIVE = ["great", "good", "lovely", "excellent", "superb"]
+NEGATIVE = ["bad", "awful", "terrible", "poor", "boring"]
+
+
+def save_tiny_bert(folder, pooling: str | None = None) -> str:
+    """A tiny random BERT with a real WordPiece tokenizer in ``folder`` (optionally a sentence-transformers one)."""
+    import json
+    from pathlib import Path
+
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    if pooling:
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_cls_token": pooling == "cls"}))
+    return str(folder)
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """Synthetic labelled sentences: the label is carried by one sentiment word among neutral ones."""
+    import random
+
+    rng = random.Random(seed)
+    subjects = ["movie", "film", "food", "service", "room", "book"]
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        word = rng.choice(POSITIVE if label == "pos" else NEGATIVE)
+        filler = " ".join(rng.choice(["very", "really", "quite", "i", "it", "and"]) for _ in range(rng.randint(0, 6)))
+        rows.append({"text": f"the {rng.choice(subjects)} was {filler} {word}".replace("  ", " "), "label": label})
+    return rows
+
+
+def write_csv(path, rows) -> str:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)

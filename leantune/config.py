@@ -1,0 +1,178 @@
+"""One validated run config (YAML), in the style of axolotl: every key known, every error names its key."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from leantune.errors import LeantuneError
+from leantune.methods.catalog import METHOD_NAMES, method_config
+
+TASKS = ("classification",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CleanConfig(_Strict):
+    """Text cleaning. Every dropped row is counted and reported."""
+
+    nfkc: bool = True
+    whitespace: bool = True
+    strip_html: bool = False
+    lowercase: bool = False
+    drop_empty: bool = True
+    drop_duplicates: bool = True
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, gt=0)
+
+
+class DataConfig(_Strict):
+    """Where the examples are and which columns hold what."""
+
+    train: str
+    eval: str | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "lines", "hf"] = "auto"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    multi_label: bool = False
+    label_separator: str = ","
+    """For multi-label data stored as text: labels joined by this separator."""
+    train_split: str = "train"
+    eval_split: str | None = None
+    """For hub datasets / saved DatasetDicts: split names."""
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Held out (stratified, seeded) when no eval file is given."""
+    clean: CleanConfig = CleanConfig()
+
+
+class TrainConfig(_Strict):
+    """Optimisation and evaluation settings."""
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=0)
+    """Optimizer steps; overrides epochs. 0 evaluates the untouched model."""
+    batch_size: int = Field(32, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_length: int = Field(128, gt=1)
+    seed: int = 0
+    eval_every: int | None = Field(None, gt=0)
+    """Evaluate every N optimizer steps (and always at the end)."""
+    eval_batch_size: int | None = Field(None, gt=0)
+    metric: str | None = None
+    """Metric that picks the best checkpoint (default: the task's, e.g. accuracy)."""
+    early_stopping_patience: int | None = Field(None, gt=0)
+    """Stop after this many evaluations without improvement."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: fp32 on CPU (bf16 is slower there), bf16 autocast on GPUs that support it."""
+    num_threads: int | None = Field(None, gt=0)
+    log_every: int = Field(10, gt=0)
+
+
+class RunConfig(_Strict):
+    """A whole fine-tuning run."""
+
+    model: str
+    """Embedded alias (minilm, smollm2), a local folder, or a hub id."""
+    task: Literal["classification"] = "classification"
+    method: str = "lora"
+    method_args: dict[str, Any] = Field(default_factory=dict)
+    pooling: Literal["auto", "mean", "cls", "last"] = "auto"
+    """Classification pooling; auto: what a sentence-transformers checkpoint was trained with, else the model's own."""
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    output_dir: str = "runs/run"
+
+    @model_validator(mode="after")
+    def _check_method(self) -> RunConfig:
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"method: '{self.method}' is not a method; choose one of {', '.join(METHOD_NAMES)}")
+        method_config(self.method, self.method_args)  # raises with the offending method_args key
+        return self
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed at ``loc`` (the parent of an unknown key)."""
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *typing.get_args(ann)]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(current.model_fields)
+
+
+def format_validation_error(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(RunConfig, loc[:-1])
+            lines.append(f"unknown key '{key}'" + (f"; valid keys: {', '.join(valid)}" if valid else ""))
+        elif err["type"] == "missing":
+            lines.append(f"missing key '{key}'")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"'{key}': {msg} (got {err.get('input')!r})" if loc else msg)
+    return f"{source}: " + "; ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise LeantuneError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
+    key, value = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply ``key.sub=value`` overrides, validate. Relative data paths are kept as given."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeantuneError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LeantuneError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise LeantuneError(f"{path}: the config must be a mapping of keys to values.")
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise LeantuneError(f"--set {item}: '{k}' is not a section.")
+        node[keys[-1]] = value
+    return validate_config(raw, str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig(**raw)
+    except ValidationError as e:
+        raise LeantuneError(format_validation_error(e, source)) from None
+    except LeantuneError as e:
+        raise LeantuneError(f"{source}: {e}") from None
+
+
+def dump_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: readers, cleaning, labels, tokenisation and batching."""

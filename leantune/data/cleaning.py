@@ -1,0 +1,58 @@
+"""Text cleaning with a count of every change and drop (never a silent drop)."""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from leantune.config import CleanConfig
+
+_TAG = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str, cfg: CleanConfig) -> str:
+    if cfg.strip_html:
+        text = html.unescape(_TAG.sub(" ", text))
+    if cfg.nfkc:
+        text = unicodedata.normalize("NFKC", text)
+    if cfg.whitespace:
+        text = _SPACE.sub(" ", text).strip()
+    if cfg.lowercase:
+        text = text.lower()
+    return text
+
+
+def clean_records(
+    records: list[dict[str, Any]], cfg: CleanConfig, fields: list[str], key: Callable[[dict], Any] | None = None
+) -> tuple[list[dict[str, Any]], Counter]:
+    """Clean ``fields`` of every record and drop empty, too short/long and duplicate ones; return the counts."""
+    report: Counter = Counter()
+    kept, seen = [], set()
+    for rec in records:
+        rec = dict(rec)
+        for f in fields:
+            if rec.get(f) is not None:
+                rec[f] = clean_text(str(rec[f]), cfg)
+        text = " ".join(str(rec.get(f) or "") for f in fields)
+        if cfg.drop_empty and not text.strip():
+            report["empty"] += 1
+            continue
+        if len(text) < cfg.min_chars:
+            report[f"shorter than {cfg.min_chars} chars"] += 1
+            continue
+        if cfg.max_chars is not None and len(text) > cfg.max_chars:
+            report[f"longer than {cfg.max_chars} chars"] += 1
+            continue
+        if cfg.drop_duplicates:
+            k = key(rec) if key else tuple(rec.get(f) for f in fields)
+            if k in seen:
+                report["duplicate"] += 1
+                continue
+            seen.add(k)
+        kept.append(rec)
+    return kept, report

@@ -1,0 +1,146 @@
+"""Read examples from CSV, TSV, JSONL, JSON, Parquet, ``LABEL TEXT`` lines, or HF datasets.
+
+Every record keeps where it came from (``_source``: ``file:line``) so later errors and skips can name it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from leantune.errors import LeantuneError
+
+Record = dict[str, Any]
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
+               ".txt": "lines"}
+
+
+def detect_format(path: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        return "hf"
+    name = p.name.removesuffix(".gz")
+    suffix = Path(name).suffix.lower()
+    if suffix in _EXTENSIONS:
+        return _EXTENSIONS[suffix]
+    if not p.exists() and "/" in path and not path.startswith((".", "/")):
+        return "hf"  # looks like a hub dataset id
+    if p.exists():
+        return "lines"  # e.g. SST-2's stsa.binary.train: "LABEL TEXT" per line
+    raise LeantuneError(f"data file not found: {path}")
+
+
+def _open_text(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    return opener(path, "rt", encoding="utf-8", newline="")
+
+
+def read_records(path: str, fmt: str = "auto", split: str = "train", label_column: str = "label",
+                 text_column: str = "text") -> list[Record]:
+    """All records of ``path`` as dicts; ``lines`` files give ``{label_column, text_column}``."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "hf":
+        return list(_read_hf(path, split))
+    p = Path(path)
+    if not p.is_file():
+        raise LeantuneError(f"data file not found: {path}")
+    try:
+        if fmt in ("csv", "tsv"):
+            return list(_read_csv(p, "\t" if fmt == "tsv" else ","))
+        if fmt == "jsonl":
+            return list(_read_jsonl(p))
+        if fmt == "json":
+            return _read_json(p)
+        if fmt == "parquet":
+            return _read_parquet(p)
+        if fmt == "lines":
+            return list(_read_lines(p, label_column, text_column))
+    except UnicodeDecodeError as e:
+        raise LeantuneError(f"{path}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8.") from None
+    raise LeantuneError(f"unknown data format '{fmt}'")
+
+
+def _read_csv(path: Path, delimiter: str) -> Iterator[Record]:
+    with _open_text(path) as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise LeantuneError(f"{path}: empty file (no header row).")
+        try:
+            for row in reader:
+                if None in row:
+                    raise LeantuneError(f"{path}:{reader.line_num}: more fields than the header has columns.")
+                yield {**row, "_source": f"{path}:{reader.line_num}"}
+        except csv.Error as e:
+            raise LeantuneError(f"{path}:{reader.line_num}: malformed row ({e}).") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[Record]:
+    with _open_text(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LeantuneError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno}).") from None
+            if not isinstance(obj, dict):
+                raise LeantuneError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}.")
+            yield {**obj, "_source": f"{path}:{i}"}
+
+
+def _read_json(path: Path) -> list[Record]:
+    with _open_text(path) as f:
+        try:
+            obj = json.load(f)
+        except json.JSONDecodeError as e:
+            raise LeantuneError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from None
+    if isinstance(obj, dict) and "data" in obj and isinstance(obj["data"], list):
+        obj = obj["data"]
+    if isinstance(obj, dict):  # columnar: {"text": [...], "label": [...]}
+        lengths = {len(v) for v in obj.values() if isinstance(v, list)}
+        if len(lengths) != 1:
+            raise LeantuneError(f"{path}: expected a list of objects or equal-length columns.")
+        n = lengths.pop()
+        obj = [{k: v[i] for k, v in obj.items()} for i in range(n)]
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        raise LeantuneError(f"{path}: expected a list of objects.")
+    return [{**r, "_source": f"{path}:record {i + 1}"} for i, r in enumerate(obj)]
+
+
+def _read_parquet(path: Path) -> list[Record]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    return [{**r, "_source": f"{path}:row {i + 1}"} for i, r in enumerate(rows)]
+
+
+def _read_lines(path: Path, label_column: str, text_column: str) -> Iterator[Record]:
+    """``LABEL TEXT`` per line (fastText's ``__label__x text`` too)."""
+    with _open_text(path) as f:
+        for i, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            parts = line.split(None, 1)
+            label = parts[0].removeprefix("__label__")
+            yield {label_column: label, text_column: parts[1] if len(parts) > 1 else "", "_source": f"{path}:{i}"}
+
+
+def _read_hf(path: str, split: str) -> Iterator[Record]:
+    import datasets
+
+    p = Path(path)
+    if p.is_dir():
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise LeantuneError(f"{path}: no split '{split}'; splits: {list(ds)}")
+            ds = ds[split]
+    else:
+        ds = datasets.load_dataset(path, split=split)
+    for i, row in enumerate(ds):
+        yield {**row, "_source": f"{path}[{split}]:{i}"}

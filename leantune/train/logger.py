@@ -1,0 +1,75 @@
+"""Run logging: a live progress bar (or plain lines), ``train_log.jsonl`` and the ``loss.png`` plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    """Writes every logged row to ``train_log.jsonl`` at once (nothing lost on a crash) and shows progress."""
+
+    def __init__(self, run_dir: Path, total_steps: int, quiet: bool = False) -> None:
+        self.path = run_dir / "train_log.jsonl"
+        self.file = self.path.open("a", encoding="utf-8")
+        self.quiet = quiet
+        self.start = time.perf_counter()
+        self.bar = None
+        if not quiet and total_steps > 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def log(self, row: dict[str, Any]) -> None:
+        row = {**row, "elapsed_s": round(time.perf_counter() - self.start, 3)}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def step(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        elif not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+
+
+def plot_run(log_path: Path, out_path: Path, metric: str) -> Path | None:
+    """Training loss (and the eval metric on a second axis) against steps."""
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval"][metric]) for r in rows if "eval" in r and metric in r["eval"]]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), color="tab:blue", label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss", color="tab:blue")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals, strict=True), "o-", color="tab:orange", label=f"eval {metric}")
+        ax2.set_ylabel(f"eval {metric}", color="tab:orange")
+    ax.set_title("leantune run")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
