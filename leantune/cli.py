@@ -64,8 +64,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
     _, task, model, device = _load_run(args.run_dir)
-    _, features = task.read_file(args.data, args.format, need_labels=True)
-    metrics = task.evaluate(model, features, device)
+    items, features = task.read_file(args.data, args.format, need_labels=True, target=args.target)
+    metrics = task.evaluate_file(model, items, features, device)
     print(json.dumps(metrics, indent=2))
 
 
@@ -76,12 +76,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     cfg, task, model, device = _load_run(args.run_dir)
-    records, features = task.read_file(args.input, args.format, need_labels=False)
-    rows = task.predict(model, features, device)
+    items, features = task.read_file(args.input, args.format, need_labels=False, target=args.target)
+    rows = task.predict(model, items, features, device)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text_col = cfg.data.text_column
-    full = [{text_col: r[text_col], **row} for r, row in zip(records, rows, strict=True)]
+    full = [{**_input_fields(cfg, item), **row} for item, row in zip(items, rows, strict=True)]
     if out.suffix == ".jsonl":
         out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in full))
     else:
@@ -90,6 +89,39 @@ def cmd_predict(args: argparse.Namespace) -> None:
             w.writeheader()
             w.writerows(full)
     print(f"wrote {len(full)} predictions to {out}")
+
+
+def _input_fields(cfg, item) -> dict:
+    """What identifies a prediction's input in the output file."""
+    if cfg.task == "classification":
+        return {cfg.data.text_column: item[cfg.data.text_column]}
+    if cfg.task == "extractive_qa":
+        return {"question": item["question"]}
+    return {"input": item.meta.get("source") or item.messages[-1]["content"]}
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Print completions of prompts from the run's base model + adapter (or a base model alone)."""
+    from pathlib import Path
+
+    if args.prompt is None and args.prompts is None:
+        raise LeantuneError("give --prompt TEXT or --prompts FILE (one prompt per line)")
+    prompts = [args.prompt] if args.prompt is not None else [
+        line for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
+    _, task, model, _ = _load_run(args.run_dir)
+    if not hasattr(task, "generate_for"):
+        raise LeantuneError(f"{args.run_dir} is a {task.name} run; generate works for instruction and translation runs.")
+    from leantune.tasks.generative import Example
+
+    examples = [Example([{"role": "user", "content": p}], "") for p in prompts]
+    outputs = task.generate_for(model, examples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p)
+    for prompt, out in zip(prompts, outputs, strict=True):
+        if len(prompts) > 1:
+            print(f">>> {prompt}")
+        print(out)
+        if len(prompts) > 1:
+            print()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -114,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run on a labelled file")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True)
+    p.add_argument("--target", help="translation: the aligned reference file for --data")
     p.add_argument("--format", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -121,8 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True, help="a .csv, .tsv or .jsonl file")
+    p.add_argument("--target", help=argparse.SUPPRESS)
     p.add_argument("--format", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("generate", help="complete prompts with a run's model + adapter")
+    p.add_argument("run_dir")
+    p.add_argument("--prompt", help="one prompt (the chat template is applied)")
+    p.add_argument("--prompts", help="a file with one prompt per line")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="fine-tune MiniLM on the built-in sentiment sample (about a minute on CPU)")
     p.add_argument("--method", default="lora")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from leantune.errors import LeantuneError
 from leantune.methods.catalog import METHOD_NAMES, method_config
 
-TASKS = ("classification",)
+TASKS = ("classification", "instruction", "translation", "extractive_qa")
 
 
 class _Strict(BaseModel):
@@ -37,7 +37,9 @@ class DataConfig(_Strict):
 
     train: str
     eval: str | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "lines", "hf"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "lines", "hf", "text",
+                    "alpaca", "chat", "prompt_completion", "squad"] = "auto"
+    """File format; for instruction data also the record style (alpaca, chat, prompt_completion, squad)."""
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -47,6 +49,17 @@ class DataConfig(_Strict):
     train_split: str = "train"
     eval_split: str | None = None
     """For hub datasets / saved DatasetDicts: split names."""
+    train_target: str | None = None
+    eval_target: str | None = None
+    """Translation from two aligned files: data.train holds the source lines, data.train_target the targets."""
+    source_column: str = "source"
+    target_column: str = "target"
+    source_lang: str | None = None
+    target_lang: str | None = None
+    system_prompt: str | None = None
+    template: Literal["auto", "chat", "plain"] = "auto"
+    """Prompt template for generative tasks: the model's chat template (auto, when it has one) or leantune's plain
+    '### Instruction / ### Input / ### Response' template."""
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     """Held out (stratified, seeded) when no eval file is given."""
     clean: CleanConfig = CleanConfig()
@@ -79,6 +92,12 @@ class TrainConfig(_Strict):
     """auto: fp32 on CPU (bf16 is slower there), bf16 autocast on GPUs that support it."""
     num_threads: int | None = Field(None, gt=0)
     log_every: int = Field(10, gt=0)
+    eval_max_examples: int | None = Field(100, ge=0)
+    """Generative tasks: how many eval examples are generated for the metrics (None: all; 0: loss only)."""
+    max_new_tokens: int = Field(64, gt=0)
+    doc_stride: int | None = Field(None, gt=0)
+    """Extractive QA: overlap between the windows of a long context (default: a third of max_length)."""
+    max_answer_length: int = Field(30, gt=0)
 
 
 class RunConfig(_Strict):
@@ -86,7 +105,7 @@ class RunConfig(_Strict):
 
     model: str
     """Embedded alias (minilm, smollm2), a local folder, or a hub id."""
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "instruction", "translation", "extractive_qa"] = "classification"
     method: str = "lora"
     method_args: dict[str, Any] = Field(default_factory=dict)
     pooling: Literal["auto", "mean", "cls", "last"] = "auto"
@@ -100,6 +119,11 @@ class RunConfig(_Strict):
         if self.method not in METHOD_NAMES:
             raise ValueError(f"method: '{self.method}' is not a method; choose one of {', '.join(METHOD_NAMES)}")
         method_config(self.method, self.method_args)  # raises with the offending method_args key
+        if self.train.doc_stride is not None and self.train.doc_stride >= self.train.max_length // 2:
+            raise ValueError(f"train.doc_stride ({self.train.doc_stride}) must be below half of train.max_length "
+                             f"({self.train.max_length})")
+        if self.task == "translation" and not (self.data.source_lang and self.data.target_lang):
+            raise ValueError("task translation needs data.source_lang and data.target_lang (e.g. English, German)")
         return self
 
 

@@ -84,3 +84,75 @@ def test_demo_on_the_real_minilm(tmp_path):
     assert "accuracy  before" in proc.stdout
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.8
+
+
+@pytest.fixture(scope="module")
+def generative_setup(tmp_path_factory):
+    import gzip
+
+    from tiny_models import save_tiny_llama, save_tiny_t5
+
+    tmp = tmp_path_factory.mktemp("gen-cli")
+    colors = ["red", "blue", "green"]
+    rows = [{"instruction": f"What colour is item {i}?", "output": colors[i % 3]} for i in range(40)]
+    (tmp / "inst.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = [f"the {c} dog" for c in colors] * 10
+    tgt = [f"der {c} hund" for c in colors] * 10
+    with gzip.open(tmp / "train.en.gz", "wt") as f:
+        f.write("\n".join(src) + "\n")
+    with gzip.open(tmp / "train.de.gz", "wt") as f:
+        f.write("\n".join(tgt) + "\n")
+    ctx = "the red house is big . the blue dog is small ."
+    squad = {"data": [{"title": f"t{k}", "paragraphs": [{"context": ctx, "qas": [
+        {"id": f"{k}", "question": "what is small", "answers": [{"text": "blue dog", "answer_start": ctx.index("blue dog")}]}]}]}
+        for k in range(10)]}
+    (tmp / "squad.json").write_text(json.dumps(squad))
+    corpus = [r["instruction"] for r in rows] + src + tgt + [ctx]
+    return {"tmp": tmp, "llama": save_tiny_llama(tmp / "llama", corpus), "t5": save_tiny_t5(tmp / "t5", corpus),
+            "bert": save_tiny_bert(tmp / "bert")}
+
+
+GEN_CASES = {
+    "instruction": ("llama", "data: {{train: {tmp}/inst.jsonl, format: alpaca}}"),
+    "translation": ("t5", "data: {{train: {tmp}/train.en.gz, train_target: {tmp}/train.de.gz, "
+                          "source_lang: English, target_lang: German}}"),
+    "extractive_qa": ("bert", "data: {{train: {tmp}/squad.json, format: squad, eval_fraction: 0.3}}"),
+}
+
+
+@pytest.mark.parametrize("task", list(GEN_CASES))
+def test_train_eval_predict_generate_for_each_task(generative_setup, task):
+    tmp = generative_setup["tmp"]
+    model_key, data = GEN_CASES[task]
+    run = tmp / f"run-{task}"
+    (tmp / f"{task}.yaml").write_text(
+        f"model: {generative_setup[model_key]}\ntask: {task}\nmethod: lora\n" + data.format(tmp=tmp) + "\n"
+        f"train: {{max_steps: 4, batch_size: 4, lr: 1.0e-3, max_length: 48, eval_max_examples: 4, max_new_tokens: 4}}\n"
+        f"output_dir: {run}\n")
+    proc = leantune("train", str(tmp / f"{task}.yaml"), "--quiet")
+    assert "after" in proc.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    expected = {"instruction": {"exact_match", "f1", "eval_loss"}, "translation": {"chrf", "bleu", "eval_loss"},
+                "extractive_qa": {"exact_match", "f1"}}[task]
+    assert expected <= set(metrics)
+    assert (run / "predictions.jsonl").is_file()
+    inputs = {"instruction": ["--data", str(tmp / "inst.jsonl")],
+              "translation": ["--data", str(tmp / "train.en.gz"), "--target", str(tmp / "train.de.gz")],
+              "extractive_qa": ["--data", str(tmp / "squad.json")]}[task]
+    assert expected <= set(json.loads(leantune("eval", str(run), *inputs).stdout))
+    leantune("predict", str(run), "--input", inputs[1], "--output", str(tmp / f"{task}-pred.jsonl"))
+    rows = (tmp / f"{task}-pred.jsonl").read_text().splitlines()
+    assert rows and "prediction" in json.loads(rows[0])
+    if task != "extractive_qa":
+        out = leantune("generate", str(run), "--prompt", "What colour is item 1?", "--max-new-tokens", "3")
+        assert out.returncode == 0
+
+
+def test_zero_shot_run_with_max_steps_zero(generative_setup):
+    tmp = generative_setup["tmp"]
+    (tmp / "zero.yaml").write_text(
+        f"model: {generative_setup['llama']}\ntask: instruction\nmethod: lora\n"
+        f"data: {{train: {tmp}/inst.jsonl}}\ntrain: {{max_steps: 0, eval_max_examples: 2, max_new_tokens: 2}}\n"
+        f"output_dir: {tmp / 'zero'}\n")
+    leantune("train", str(tmp / "zero.yaml"), "--quiet")
+    assert {"exact_match", "eval_loss"} <= set(json.loads((tmp / "zero" / "metrics.json").read_text()))

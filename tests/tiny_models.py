@@ -143,3 +143,63 @@ def write_csv(path, rows) -> str:
         w.writeheader()
         w.writerows(rows)
     return str(path)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _byte_bpe(corpus: list[str], specials: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    return tok
+
+
+def save_tiny_llama(folder, corpus: list[str], chat_template: bool = True) -> str:
+    """A tiny random Llama with a byte-level BPE tokenizer trained on ``corpus`` (and a ChatML template)."""
+    from pathlib import Path
+
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    tok = PreTrainedTokenizerFast(tokenizer_object=_byte_bpe(corpus, specials), pad_token="<pad>",
+                                  eos_token="<|im_end|>", bos_token=None)
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+                      tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return str(folder)
+
+
+def save_tiny_t5(folder, corpus: list[str]) -> str:
+    """A tiny random T5 with a byte-level BPE tokenizer (pad 0, eos 1)."""
+    from pathlib import Path
+
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    folder = Path(folder)
+    tok = PreTrainedTokenizerFast(tokenizer_object=_byte_bpe(corpus, ["<pad>", "</s>"]), pad_token="<pad>",
+                                  eos_token="</s>")
+    from tokenizers import processors
+
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(cfg).save_pretrained(folder)
+    return str(folder)

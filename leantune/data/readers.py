@@ -15,6 +15,7 @@ from typing import Any
 from leantune.errors import LeantuneError
 
 Record = dict[str, Any]
+FILE_FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "parquet", "lines", "hf", "text")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
                ".txt": "lines"}
 
@@ -59,6 +60,8 @@ def read_records(path: str, fmt: str = "auto", split: str = "train", label_colum
             return _read_parquet(p)
         if fmt == "lines":
             return list(_read_lines(p, label_column, text_column))
+        if fmt == "text":
+            return list(_read_text(p, text_column))
     except UnicodeDecodeError as e:
         raise LeantuneError(f"{path}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8.") from None
     raise LeantuneError(f"unknown data format '{fmt}'")
@@ -128,6 +131,13 @@ def _read_lines(path: Path, label_column: str, text_column: str) -> Iterator[Rec
             parts = line.split(None, 1)
             label = parts[0].removeprefix("__label__")
             yield {label_column: label, text_column: parts[1] if len(parts) > 1 else "", "_source": f"{path}:{i}"}
+
+
+def _read_text(path: Path, column: str) -> Iterator[Record]:
+    """One example per line (parallel corpora); every line is kept, empty ones too, so files stay aligned."""
+    with _open_text(path) as f:
+        for i, line in enumerate(f, 1):
+            yield {column: line.rstrip("\n"), "_source": f"{path}:{i}"}
 
 
 def _read_hf(path: str, split: str) -> Iterator[Record]:

@@ -136,20 +136,24 @@ class PrefixTuningMethod(PromptLearningMethod):
     def rewrite(self, model: nn.Module, encoder: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
         from transformers import DynamicCache
 
-        past = kwargs.get("past_key_values")
-        if past is not None and past.get_seq_length() > 0:
-            raise LeantuneError("Prefix tuning: generation with an existing cache goes through lt.generate.")
+        n = encoder.embedding.weight.shape[0]
+        self.prepend_mask(kwargs, n)
+        self.shift_positions(kwargs, n, prepend=False)
+        if self.cached_length(kwargs) > 0:  # a decoding step: the prefixes are in the cache already
+            return kwargs
         state = model.__dict__["_leantune"]
         resolved = state.resolved[state.active]
         batch = self.batch_size(kwargs)
-        n = encoder.embedding.weight.shape[0]
         layers, heads = resolved["num_layers"], resolved["num_attention_heads"]
         head_dim = resolved["token_dim"] // heads
         values = encoder().to(model.get_input_embeddings().weight.dtype)
         kv = values.view(n, layers * 2, heads, head_dim).permute(1, 2, 0, 3)  # (2L, H, n, D)
         kv = kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (2L, B, H, n, D)
-        kwargs["past_key_values"] = DynamicCache([(kv[2 * i], kv[2 * i + 1]) for i in range(layers)])
-        self.prepend_mask(kwargs, n)
+        from leantune.models.compat import cache_kwarg
+
+        kwargs.pop("past_key_values", None)
+        kwargs.pop("cache", None)
+        kwargs[cache_kwarg(model)] = DynamicCache([(kv[2 * i], kv[2 * i + 1]) for i in range(layers)])
         return kwargs
 
     def embeddings_to_save(self, encoder: nn.Module) -> torch.Tensor:

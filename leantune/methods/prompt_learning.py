@@ -68,6 +68,25 @@ class PromptLearningMethod(Method):
         raise LeantuneError("The model was called without input_ids or inputs_embeds.")
 
     @staticmethod
+    def cached_length(kwargs: dict[str, Any]) -> int:
+        past = kwargs.get("cache", kwargs.get("past_key_values"))
+        return past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+
+    @staticmethod
+    def shift_positions(kwargs: dict[str, Any], n: int, prepend: bool) -> None:
+        """Real tokens sit after the n virtual ones: shift given position ids (and prepend 0..n-1 if asked)."""
+        pos = kwargs.get("position_ids")
+        if pos is not None:
+            pos = pos + n
+            if prepend:
+                first = torch.arange(n, device=pos.device, dtype=pos.dtype).expand(pos.shape[0], n)
+                pos = torch.cat([first, pos], dim=1)
+            kwargs["position_ids"] = pos
+        if kwargs.get("cache_position") is not None:
+            raise LeantuneError("Prompt/prefix-tuned models generate through leantune.generate.generate, "
+                                "not transformers' generate().")
+
+    @staticmethod
     def prepend_mask(kwargs: dict[str, Any], n: int) -> None:
         mask = kwargs.get("attention_mask")
         if mask is not None:

@@ -113,6 +113,10 @@ class PromptTuningMethod(PromptLearningMethod):
 
     def rewrite(self, model: nn.Module, encoder: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
         n = require_n(model, encoder)
+        if self.cached_length(kwargs) > 0:  # a decoding step: the virtual tokens are in the cache already
+            self.prepend_mask(kwargs, n)
+            self.shift_positions(kwargs, n, prepend=False)
+            return kwargs
         embeds = kwargs.pop("inputs_embeds", None)
         input_ids = kwargs.pop("input_ids", None)
         if embeds is None:
@@ -121,6 +125,7 @@ class PromptTuningMethod(PromptLearningMethod):
         prompts = encoder(batch, n).to(embeds.dtype)
         kwargs["inputs_embeds"] = torch.cat([prompts, embeds], dim=1)
         self.prepend_mask(kwargs, n)
+        self.shift_positions(kwargs, n, prepend=True)
         tt = kwargs.get("token_type_ids")
         if tt is not None:
             kwargs["token_type_ids"] = torch.cat([torch.zeros(batch, n, dtype=tt.dtype, device=tt.device), tt], 1)

@@ -345,7 +345,7 @@ class ClassificationTask:
     def headline(metrics: dict[str, Any]) -> dict[str, float]:
         return {k: metrics[k] for k in ("accuracy", "macro_f1", "micro_f1", "eval_loss") if k in metrics}
 
-    def read_file(self, path: str, fmt: str = "auto", need_labels: bool = True) -> tuple[list[dict], list[dict]]:
+    def read_file(self, path: str, fmt: str = "auto", need_labels: bool = True, target: str | None = None) -> tuple[list[dict], list[dict]]:
         """(records, features) of a data file for eval / predict, read and cleaned like the training data."""
         kept, dropped = _read(self.cfg, path, self.cfg.data.eval_split or "train", need_labels, dedup=False, fmt=fmt)
         if dropped:
@@ -358,7 +358,15 @@ class ClassificationTask:
                     raise LeantuneError(f"{r['_source']}: label(s) {unseen} were not in training ({self.labels}).")
         return kept, encode(kept, self.tokenizer, self.cfg, self.labels if need_labels else None)
 
-    def predict(self, model: nn.Module, features: list[dict], device: torch.device) -> list[dict[str, Any]]:
+    def evaluate_file(self, model: nn.Module, records: list[dict], features: list[dict],
+                      device: torch.device) -> dict[str, Any]:
+        return self.evaluate(model, features, device)
+
+    def finish(self, run_dir: Path) -> None:
+        """Nothing to add to the run folder after training."""
+
+    def predict(self, model: nn.Module, records: list[dict], features: list[dict],
+                device: torch.device) -> list[dict[str, Any]]:
         assert self.labels is not None
         bs = self.cfg.train.eval_batch_size or self.cfg.train.batch_size * 2
         logits = predict_logits(model, features, bs, self.pad_id, device)

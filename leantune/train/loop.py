@@ -105,7 +105,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
     # 1. data
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
-    task = make_task(cfg, tokenizer)
+    task = make_task(cfg, tokenizer, model_path=model_path)
     train_features, eval_features = task.prepare()
     dump_config(cfg, run_dir / "config.yaml")
     task.save_artifacts(run_dir)
@@ -191,6 +191,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
 
     # 7. save
     lt.save_adapter(model, run_dir / "adapter")
+    task.finish(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(after, indent=2) + "\n")
     plot_run(run_dir / "train_log.jsonl", run_dir / "loss.png", metric)
     return RunResult(run_dir, before, after, trainable, total, step, train_seconds, task.report)

@@ -58,7 +58,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Any, Any, Any]:
     labels_file = run / "labels.json"
     labels = json.loads(labels_file.read_text()) if labels_file.is_file() else None
     model_path = resolve_model(cfg.model)
-    task = make_task(cfg, load_tokenizer(model_path), labels)
+    task = make_task(cfg, load_tokenizer(model_path), labels, model_path)
     model = task.build_model(model_path)
     lt.load_adapter(model, run / "adapter")
     return cfg, task, model.eval()

@@ -1,0 +1,155 @@
+"""Instruction tuning, generative QA and translation on tiny models: masking, EOS learning, readers, metrics."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+
+import pytest
+from tiny_models import save_tiny_llama, save_tiny_t5
+
+from leantune.config import validate_config
+from leantune.errors import LeantuneError
+from leantune.generate import eos_ids, generate_ids
+from leantune.tasks import make_task
+from leantune.tasks.generative import Example
+from leantune.train.loop import fine_tune
+from leantune.train.runs import load_run, load_tokenizer
+
+COLORS = ["red", "blue", "green", "yellow"]
+ROWS = [{"instruction": f"What colour is item {i}?", "input": "", "output": COLORS[i % 4]} for i in range(160)]
+CORPUS = [r["instruction"] + " " + r["output"] for r in ROWS] + ["Answer the question with a short phrase",
+                                                                 "Context: Question: ### Instruction: Response:"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen")
+    return {
+        "chat": save_tiny_llama(tmp / "chat", CORPUS),
+        "plain": save_tiny_llama(tmp / "plain", CORPUS, chat_template=False),
+        "t5": save_tiny_t5(tmp / "t5", CORPUS),
+        "tmp": tmp,
+    }
+
+
+def _task(folder, task="instruction", **data):
+    cfg = validate_config({"model": folder, "task": task, "data": {"train": "unused.jsonl", **data},
+                           "train": {"max_length": 64}})
+    return make_task(cfg, load_tokenizer(folder), model_path=folder)
+
+
+def _trained_text(task, feature):
+    ids = [i for i, lab in zip(feature["input_ids"], feature["labels"], strict=True) if lab != -100]
+    return task.tokenizer.decode(ids)
+
+
+def test_only_response_tokens_are_in_the_loss(folders):
+    task = _task(folders["chat"])
+    ex = Example([{"role": "user", "content": "What colour is item 3?"}], "yellow")
+    f = task.encode(ex, Counter())
+    assert _trained_text(task, f) == "yellow<|im_end|>\n"  # the answer and the end of turn (EOS): learns to stop
+    assert task.tokenizer.decode(f["input_ids"]).startswith("<|im_start|>user\nWhat colour is item 3?")
+    plain = _task(folders["plain"])
+    fp = plain.encode(ex, Counter())
+    assert _trained_text(plain, fp) == "yellow<|im_end|>"
+    assert plain.tokenizer.decode(fp["input_ids"]).startswith("### Instruction:\nWhat colour is item 3?")
+
+
+def test_every_assistant_turn_of_a_chat_is_trained(folders):
+    task = _task(folders["chat"])
+    ex = Example([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "red"},
+                  {"role": "user", "content": "and?"}], "blue")
+    assert _trained_text(task, task.encode(ex, Counter())) == "red<|im_end|>\nblue<|im_end|>\n"
+
+
+def test_seq2seq_targets_end_with_eos(folders):
+    task = _task(folders["t5"])
+    f = task.encode(Example([{"role": "user", "content": "What colour is item 3?"}], "yellow"), Counter())
+    assert f["labels"][-1] == task.tokenizer.eos_token_id
+    assert task.tokenizer.decode(f["labels"], skip_special_tokens=True) == "yellow"
+
+
+def test_truncation_keeps_the_response(folders):
+    task = _task(folders["chat"])
+    ex = Example([{"role": "user", "content": "What colour is item 3? " * 30}], "yellow")
+    counts = Counter()
+    f = task.encode(ex, counts)
+    assert len(f["input_ids"]) == 64 and counts["truncated to max_length"] == 1
+    assert _trained_text(task, f) == "yellow<|im_end|>\n"
+
+
+def test_record_styles(folders, tmp_path):
+    rows = [
+        {"instruction": "Name a colour", "instances": [{"input": "", "output": "red"}, {"input": "warm", "output": "orange"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"prompt": "2+2=", "completion": "4"},
+        {"instruction": "Say nothing", "output": ""},
+    ]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = _task(folders["chat"])
+    examples = []
+    for i, style in enumerate(["alpaca", "chat", "prompt_completion", "alpaca"]):
+        (tmp_path / f"{i}.jsonl").write_text(json.dumps(rows[i]) + "\n")
+        task.cfg.data.format = style
+        examples += task.read_examples(str(tmp_path / f"{i}.jsonl"), None, "train")
+    assert [e.response for e in examples] == ["red", "orange", "hello", "4"]  # the empty output is skipped, counted
+    assert examples[1].messages[0]["content"] == "Name a colour\n\nwarm"
+    assert task.report["dropped"] == {"3.jsonl: empty prompt or response": 1}
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    task.cfg.data.format = "chat"
+    with pytest.raises(LeantuneError, match=r"bad.jsonl:1: the last message must be the assistant"):
+        task.read_examples(str(tmp_path / "bad.jsonl"), None, "train")
+
+
+def test_squad_as_generative_qa(folders, tmp_path):
+    squad = {"data": [{"title": "T", "paragraphs": [{"context": "The sky is blue.", "qas": [
+        {"id": "q1", "question": "What colour is the sky?", "answers": [{"text": "blue", "answer_start": 11}]}]}]}]}
+    (tmp_path / "s.json").write_text(json.dumps(squad))
+    task = _task(folders["chat"], format="squad")
+    (ex,) = task.read_examples(str(tmp_path / "s.json"), None, "train")
+    assert ex.response == "blue" and "Context: The sky is blue." in ex.messages[0]["content"]
+    assert task.score(["Blue."], [ex]) == {"exact_match": 100.0, "f1": 100.0}
+
+
+def test_translation_readers(folders, tmp_path):
+    with gzip.open(tmp_path / "a.en.gz", "wt") as f:
+        f.write("the red dog\nthe cat\n\n")
+    with gzip.open(tmp_path / "a.de.gz", "wt") as f:
+        f.write("der rote hund\ndie katze\nleer\n")
+    task = _task(folders["chat"], "translation", source_lang="English", target_lang="German")
+    examples = task.read_examples(str(tmp_path / "a.en.gz"), str(tmp_path / "a.de.gz"), "train")
+    assert [e.response for e in examples] == ["der rote hund", "die katze"]  # the empty source line is skipped
+    assert "Translate this English text into German" in examples[0].messages[0]["content"]
+    (tmp_path / "p.tsv").write_text("src\ttgt\nthe dog\tder hund\n")
+    task.cfg.data.source_column, task.cfg.data.target_column = "src", "tgt"
+    assert task.read_examples(str(tmp_path / "p.tsv"), None, "train")[0].response == "der hund"
+    with gzip.open(tmp_path / "short.de.gz", "wt") as f:
+        f.write("eins\n")
+    with pytest.raises(LeantuneError, match="aligned line by line"):
+        task.read_examples(str(tmp_path / "a.en.gz"), str(tmp_path / "short.de.gz"), "train")
+    with pytest.raises(LeantuneError, match="source_lang"):
+        validate_config({"model": "m", "task": "translation", "data": {"train": "x"}})
+
+
+def test_instruction_tuning_learns_to_answer_and_stop(folders, tmp_path):
+    (tmp_path / "inst.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg = validate_config({
+        "model": folders["chat"], "task": "instruction", "method": "lora", "method_args": {"r": 8},
+        "data": {"train": str(tmp_path / "inst.jsonl"), "format": "alpaca"},
+        "train": {"epochs": 4, "batch_size": 8, "lr": 5e-3, "max_length": 64, "eval_max_examples": 16,
+                  "max_new_tokens": 12},
+        "output_dir": str(tmp_path / "run"),
+    })
+    result = fine_tune(cfg, quiet=True)
+    assert result.after["eval_loss"] < result.before["eval_loss"]
+    assert result.after["exact_match"] > result.before["exact_match"]
+    preds = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 16 and {"prompt", "reference", "prediction"} <= set(preds[0])
+    # it stops: generations end at EOS long before max_new_tokens
+    _, task, model = load_run(result.run_dir)
+    prompts = [task.tokenizer(task.prompt_text([{"role": "user", "content": f"What colour is item {i}?"}]),
+                              add_special_tokens=False)["input_ids"] for i in range(8)]
+    out = generate_ids(model, prompts, task.pad_id, eos_ids(model, task.tokenizer), max_new_tokens=12)
+    assert sum(len(o) < 12 for o in out) >= 6
