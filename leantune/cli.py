@@ -44,7 +44,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.set)
     result = fine_tune(cfg, overwrite=args.overwrite, quiet=args.quiet)
-    _print_metrics("before", result.before)
+    if result.before:
+        _print_metrics("before", result.before)
     _print_metrics("after ", result.after)
     print(f"run folder: {result.run_dir}  (adapter/, metrics.json, train_log.jsonl, loss.png)")
 

@@ -81,6 +81,8 @@ class TrainConfig(_Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_length: int = Field(128, gt=1)
     seed: int = 0
+    eval_before: bool = True
+    """Evaluate the starting point (untrained head / zero-shot) before training."""
     eval_every: int | None = Field(None, gt=0)
     """Evaluate every N optimizer steps (and always at the end)."""
     eval_batch_size: int | None = Field(None, gt=0)

@@ -79,6 +79,17 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], pad_id: int, stop_i
     return result
 
 
+def _with_virtual_tokens(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Encoder inputs with a prompt-tuning adapter's virtual tokens in front (transformers' generate() runs the
+    encoder itself, past the model-level hook)."""
+    from leantune.methods.base import get_state
+
+    state = get_state(model)
+    if state is None or not state.method.prompt_learning or state.disabled or state.active is None:
+        return batch
+    return state.method.rewrite(model, model.prompt_encoder[state.active], dict(batch))
+
+
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 8, seed: int | None = 0,
@@ -96,6 +107,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_token
         if seq2seq:
             batch = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
             batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+            batch = _with_virtual_tokens(model, batch)
             gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                                  temperature=temperature if temperature > 0 else None,
                                  top_p=top_p if temperature > 0 else None)

@@ -53,3 +53,20 @@ def test_sampling_is_seeded_and_top_p_keeps_the_head():
     draws = {int(_sample(logits, 1.0, 0.9, g)) for _ in range(50)}
     assert draws <= {0, 1}
     assert int(_sample(logits, 0.0, 1.0, None)) == 0
+
+
+def test_seq2seq_generation_keeps_prompt_tuning():
+    from tiny_models import t5
+
+    from leantune.generate import _with_virtual_tokens
+
+    model = lt.attach(t5(), lt.PromptTuningConfig(num_virtual_tokens=3)).eval()
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 1]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    gen = model.generate(**_with_virtual_tokens(model, batch), max_new_tokens=4, do_sample=False)
+    # reference: greedy decoding by full forward passes, which go through the prompt-tuning hook
+    dec = torch.tensor([[0]])
+    with torch.no_grad():
+        for _ in range(4):
+            nxt = model(**batch, decoder_input_ids=dec).logits[0, -1].argmax()
+            dec = torch.cat([dec, nxt.view(1, 1)], dim=1)
+    assert gen[0, 1:].tolist() == dec[0, 1:].tolist()[: gen.shape[1] - 1]

@@ -9,6 +9,7 @@ active.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -117,9 +118,23 @@ class AdapterLayer(nn.Module):
             self.active_adapter = None
 
     def merge(self, name: str) -> None:
-        raise LeantuneError(f"{type(self).__name__} adapters cannot be merged into the base weights.")
+        """Fold adapter ``name`` into the base weights (the layer then computes as the base alone)."""
+        if name not in self.merged_adapters:
+            with torch.no_grad():
+                self._merge(name)
+            self.merged_adapters.append(name)
 
     def unmerge(self, name: str) -> None:
+        """Undo :meth:`merge`."""
+        if name in self.merged_adapters:
+            with torch.no_grad():
+                self._unmerge(name)
+            self.merged_adapters.remove(name)
+
+    def _merge(self, name: str) -> None:
+        raise LeantuneError(f"{type(self).__name__} adapters cannot be merged into the base weights.")
+
+    def _unmerge(self, name: str) -> None:
         raise LeantuneError(f"{type(self).__name__} adapters cannot be unmerged.")
 
 
@@ -242,6 +257,19 @@ def find_targets(
             f"Module names that would fit: {examples[:20]}"
         )
     return names
+
+
+def inject_layers(model: nn.Module, targets: list[str], layer_type: type | tuple[type, ...],
+                  make: Callable[[str, nn.Module], AdapterLayer], adapter: str, config: MethodConfig) -> None:
+    """Wrap each target in an adapter layer (``make``), unless it already is one, and add ``adapter`` to it."""
+    for tname in targets:
+        module = model.get_submodule(tname)
+        if not isinstance(module, layer_type):
+            if isinstance(module, AdapterLayer):
+                raise LeantuneError(f"'{tname}' already carries a {type(module).__name__}; one method per model.")
+            module = make(tname, module)
+            replace_module(model, tname, module)
+        module.add(adapter, config)
 
 
 def protected_prefixes(model: nn.Module) -> list[str]:

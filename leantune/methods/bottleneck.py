@@ -22,7 +22,7 @@ from leantune.methods.base import (
     MethodConfig,
     find_targets,
     in_out_features,
-    replace_module,
+    inject_layers,
 )
 from leantune.models.targets import arch_targets
 
@@ -109,12 +109,5 @@ class BottleneckMethod(Method):
                 )
             target = arch.ffn_output if config.style == "pfeiffer" else f"(?:{arch.attention_output})|(?:{arch.ffn_output})"
         names = find_targets(model, target, LINEAR_TYPES, "bottleneck")
-        for tname in names:
-            module = model.get_submodule(tname)
-            if not isinstance(module, BottleneckLayer):
-                if isinstance(module, AdapterLayer):
-                    raise LeantuneError(f"'{tname}' already carries a {type(module).__name__}; one method per model.")
-                module = BottleneckLayer(module)
-                replace_module(model, tname, module)
-            module.add(name, config)
+        inject_layers(model, names, BottleneckLayer, lambda _, m: BottleneckLayer(m), name, config)
         return {"target_modules": sorted(names)}

@@ -18,9 +18,9 @@ from leantune.methods.base import (
     Method,
     MethodConfig,
     in_out_features,
+    inject_layers,
     is_conv1d,
     portable_target_names,
-    replace_module,
     target_matches,
     weight_as_out_in,
 )
@@ -94,23 +94,18 @@ class IA3Linear(AdapterLayer):
                 raise LeantuneError("An IA3 vector has a zero entry; the merge cannot be undone.")
             scale = 1.0 / scale
         W = weight_as_out_in(self.base_layer)  # (out, in) view
-        with torch.no_grad():
-            if self.is_feedforward:
-                W.mul_(scale[None, :].to(W.dtype))
-            else:
-                W.mul_(scale[:, None].to(W.dtype))
-                if self.base_layer.bias is not None:
-                    self.base_layer.bias.mul_(scale.to(self.base_layer.bias.dtype))
+        if self.is_feedforward:
+            W.mul_(scale[None, :].to(W.dtype))
+        else:
+            W.mul_(scale[:, None].to(W.dtype))
+            if self.base_layer.bias is not None:
+                self.base_layer.bias.mul_(scale.to(self.base_layer.bias.dtype))
 
-    def merge(self, name: str) -> None:
-        if name not in self.merged_adapters:
-            self._scale_weight(name, invert=False)
-            self.merged_adapters.append(name)
+    def _merge(self, name: str) -> None:
+        self._scale_weight(name, invert=False)
 
-    def unmerge(self, name: str) -> None:
-        if name in self.merged_adapters:
-            self._scale_weight(name, invert=True)
-            self.merged_adapters.remove(name)
+    def _unmerge(self, name: str) -> None:
+        self._scale_weight(name, invert=True)
 
 
 class IA3Method(Method):
@@ -133,15 +128,10 @@ class IA3Method(Method):
         targets = resolve_linear_targets(model, target, None, "IA3")
         ff_names = [t for t in targets if target_matches(feedforward, t)] if feedforward else []
         for tname in targets:
-            module = model.get_submodule(tname)
-            if not isinstance(module, IA3Linear):
-                if isinstance(module, AdapterLayer):
-                    raise LeantuneError(f"'{tname}' already carries a {type(module).__name__}; one method per model.")
-                module = IA3Linear(module, is_feedforward=tname in ff_names)
-                replace_module(model, tname, module)
-            elif module.is_feedforward != (tname in ff_names):
+            existing = model.get_submodule(tname)
+            if isinstance(existing, IA3Linear) and existing.is_feedforward != (tname in ff_names):
                 raise LeantuneError(f"'{tname}': feedforward_modules differs from the model's first IA3 adapter.")
-            module.add(name, config)
+        inject_layers(model, targets, IA3Linear, lambda t, m: IA3Linear(m, is_feedforward=t in ff_names), name, config)
         return {
             "target_modules": portable_target_names(model, targets, LINEAR_TYPES),
             "feedforward_modules": portable_target_names(model, ff_names, LINEAR_TYPES) if ff_names else [],

@@ -23,10 +23,10 @@ from leantune.methods.base import (
     MethodConfig,
     find_targets,
     in_out_features,
+    inject_layers,
     is_conv1d,
     portable_target_names,
     protected_prefixes,
-    replace_module,
     require_state,
     target_matches,
     weight_as_out_in,
@@ -207,33 +207,25 @@ class LoraLinear(AdapterLayer):
         lora_out = B(A(xd)) * s
         return result + ((scale - 1) * base_out + scale * lora_out).to(result.dtype)
 
-    def merge(self, name: str) -> None:
-        if name in self.merged_adapters:
-            return
-        with torch.no_grad():
-            delta = self._delta(name)
-            W = weight_as_out_in(self.base_layer)
-            if name in self.lora_magnitude_vector:
-                norm = self._row_norm(delta)
-                self._dora_norms[name] = norm
-                factor = (self.lora_magnitude_vector[name] / norm)[:, None]
-                self._set_weight((factor * (W.to(delta.dtype) + delta)).to(W.dtype))
-            else:
-                self._set_weight(W + delta.to(W.dtype))
-        self.merged_adapters.append(name)
+    def _merge(self, name: str) -> None:
+        delta = self._delta(name)
+        W = weight_as_out_in(self.base_layer)
+        if name in self.lora_magnitude_vector:
+            norm = self._row_norm(delta)
+            self._dora_norms[name] = norm
+            factor = (self.lora_magnitude_vector[name] / norm)[:, None]
+            self._set_weight((factor * (W.to(delta.dtype) + delta)).to(W.dtype))
+        else:
+            self._set_weight(W + delta.to(W.dtype))
 
-    def unmerge(self, name: str) -> None:
-        if name not in self.merged_adapters:
-            return
-        with torch.no_grad():
-            delta = self._delta(name)
-            W = weight_as_out_in(self.base_layer)
-            if name in self.lora_magnitude_vector:
-                factor = (self.lora_magnitude_vector[name] / self._dora_norms.pop(name))[:, None]
-                self._set_weight((W.to(delta.dtype) / factor - delta).to(W.dtype))
-            else:
-                self._set_weight(W - delta.to(W.dtype))
-        self.merged_adapters.remove(name)
+    def _unmerge(self, name: str) -> None:
+        delta = self._delta(name)
+        W = weight_as_out_in(self.base_layer)
+        if name in self.lora_magnitude_vector:
+            factor = (self.lora_magnitude_vector[name] / self._dora_norms.pop(name))[:, None]
+            self._set_weight((W.to(delta.dtype) / factor - delta).to(W.dtype))
+        else:
+            self._set_weight(W - delta.to(W.dtype))
 
 
 class LoraEmbedding(AdapterLayer):
@@ -294,32 +286,24 @@ class LoraEmbedding(AdapterLayer):
         scale = self.lora_magnitude_vector[name] / norm
         return result * scale + scale * lora_out
 
-    def merge(self, name: str) -> None:
-        if name in self.merged_adapters:
-            return
-        with torch.no_grad():
-            delta = self._delta(name)
-            W = self.base_layer.weight
-            if name in self.lora_magnitude_vector:
-                norm = self._col_norm(delta)
-                self._dora_norms[name] = norm
-                W.copy_((W + delta) * (self.lora_magnitude_vector[name] / norm)[None, :])
-            else:
-                W.add_(delta.to(W.dtype))
-        self.merged_adapters.append(name)
+    def _merge(self, name: str) -> None:
+        delta = self._delta(name)
+        W = self.base_layer.weight
+        if name in self.lora_magnitude_vector:
+            norm = self._col_norm(delta)
+            self._dora_norms[name] = norm
+            W.copy_((W + delta) * (self.lora_magnitude_vector[name] / norm)[None, :])
+        else:
+            W.add_(delta.to(W.dtype))
 
-    def unmerge(self, name: str) -> None:
-        if name not in self.merged_adapters:
-            return
-        with torch.no_grad():
-            delta = self._delta(name)
-            W = self.base_layer.weight
-            if name in self.lora_magnitude_vector:
-                factor = (self.lora_magnitude_vector[name] / self._dora_norms.pop(name))[None, :]
-                W.copy_(W / factor - delta)
-            else:
-                W.sub_(delta.to(W.dtype))
-        self.merged_adapters.remove(name)
+    def _unmerge(self, name: str) -> None:
+        delta = self._delta(name)
+        W = self.base_layer.weight
+        if name in self.lora_magnitude_vector:
+            factor = (self.lora_magnitude_vector[name] / self._dora_norms.pop(name))[None, :]
+            W.copy_(W / factor - delta)
+        else:
+            W.sub_(delta.to(W.dtype))
 
 
 class LoraMethod(Method):
@@ -329,16 +313,13 @@ class LoraMethod(Method):
     def inject(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, Any]:
         assert isinstance(config, LoraConfig)
         targets = resolve_linear_targets(model, config.target_modules, config.exclude_modules, "LoRA", embeddings=True)
-        for tname in targets:
-            module = model.get_submodule(tname)
-            if not isinstance(module, (LoraLinear, LoraEmbedding)):
-                if isinstance(module, AdapterLayer):
-                    raise LeantuneError(f"'{tname}' already carries a {type(module).__name__}; one method per model.")
-                if config.fan_in_fan_out is False and is_conv1d(module):
-                    raise LeantuneError(f"'{tname}' is a Conv1D (weight stored in×out): fan_in_fan_out must be True.")
-                module = LoraEmbedding(module) if isinstance(module, nn.Embedding) else LoraLinear(module)
-                replace_module(model, tname, module)
-            module.add(name, config)
+
+        def make(tname: str, module: nn.Module) -> AdapterLayer:
+            if config.fan_in_fan_out is False and is_conv1d(module):
+                raise LeantuneError(f"'{tname}' is a Conv1D (weight stored in×out): fan_in_fan_out must be True.")
+            return LoraEmbedding(module) if isinstance(module, nn.Embedding) else LoraLinear(module)
+
+        inject_layers(model, targets, (LoraLinear, LoraEmbedding), make, name, config)
         allowed = LINEAR_TYPES + (nn.Embedding,)
         return {
             "target_modules": portable_target_names(model, targets, allowed),

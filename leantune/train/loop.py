@@ -134,8 +134,9 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
     logger.log({"step": 0, "data": task.report, "trainable": trainable, "total": total})
 
     # 4. evaluate the starting point (untrained head / zero-shot)
-    before = task.evaluate(model, eval_features, device)
-    logger.log({"step": 0, "eval": task.headline(before)})
+    before = task.evaluate(model, eval_features, device) if tc.eval_before or total_steps == 0 else {}
+    if before:
+        logger.log({"step": 0, "eval": task.headline(before)})
     best_value, best_step, best_state, bad_evals = before.get(metric), 0, None, 0
 
     # 5. optimise
