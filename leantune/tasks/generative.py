@@ -35,6 +35,7 @@ from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.labels import stratified_split
 from leantune.errors import LeantuneError
 from leantune.generate import generate
+from leantune.kernels.linear_cross_entropy import fusable_head, hidden_states_as_logits, linear_cross_entropy
 
 
 @dataclass
@@ -192,7 +193,8 @@ class GenerativeTask:
             model.config.pad_token_id = self.pad_id
         return model
 
-    def logits_and_targets(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _outputs_and_targets(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's per-position outputs and the targets they predict, aligned."""
         labels = batch["labels"]
         if self.seq2seq:
             decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels.clamp(min=0))
@@ -200,17 +202,28 @@ class GenerativeTask:
                         decoder_input_ids=decoder_input_ids, use_cache=False)
             return out.logits, labels
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        logits = out.logits
-        if logits.shape[1] > labels.shape[1]:  # prompt tuning puts virtual tokens in front
-            logits = logits[:, -labels.shape[1]:]
-        return logits[:, :-1], labels[:, 1:]
+        outputs = out.logits
+        if outputs.shape[1] > labels.shape[1]:  # prompt tuning puts virtual tokens in front
+            outputs = outputs[:, -labels.shape[1]:]
+        return outputs[:, :-1], labels[:, 1:]
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """(summed cross-entropy over response tokens, number of response tokens) of one micro-batch."""
-        logits, targets = self.logits_and_targets(model, batch)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                               ignore_index=-100, reduction="sum")
-        return loss, int((targets != -100).sum())
+        """(summed cross-entropy over response tokens, number of response tokens) of one micro-batch.
+
+        For decoder-only models with a plain LM head, the head is fused with the loss and applied only to the
+        response positions, chunk by chunk: the [tokens x vocab] logits never exist.
+        """
+        head = None if self.seq2seq else fusable_head(model)
+        if head is None:
+            logits, targets = self._outputs_and_targets(model, batch)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+            return loss, int((targets != -100).sum())
+        with hidden_states_as_logits(model, head):
+            hidden, targets = self._outputs_and_targets(model, batch)
+        keep = targets != -100
+        loss = linear_cross_entropy(hidden[keep], head.weight, targets[keep], head.bias)
+        return loss, int(keep.sum())
 
     def batch_count(self, batch: dict[str, torch.Tensor]) -> int:
         labels = batch["labels"]

@@ -1,0 +1,1 @@
+"""Fused and chunked operations that save memory or time in training."""

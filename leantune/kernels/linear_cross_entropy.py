@@ -1,0 +1,114 @@
+"""Linear layer + cross-entropy without materialising the [tokens x vocab] logits.
+
+The LM head and its loss are computed chunk by chunk over the tokens: each chunk's logits live only while its
+loss and its gradients (with respect to the hidden states, and to the head's weight when that is trained) are
+computed, in the forward pass (as Liger-Kernel does). Peak memory drops from ``tokens x vocab`` fp32 (several
+hundred MB on a 49k vocabulary) to ``chunk x vocab``; the result and gradients equal the plain computation.
+Only target tokens (label != -100) need to be passed: prompt and padding positions cost nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                chunk_size: int) -> torch.Tensor:
+        need_h = ctx.needs_input_grad[0]
+        need_w = ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        w = weight.to(hidden.dtype)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size]
+            t = targets[start:start + chunk_size]
+            logits = (h @ w.T).float()
+            if bias is not None:
+                logits = logits + bias.float()
+            lse = torch.logsumexp(logits, dim=-1)
+            rows = torch.arange(len(t), device=t.device)
+            total += (lse - logits[rows, t]).sum()
+            if need_h or need_w or need_b:
+                g = torch.exp(logits - lse[:, None])  # softmax, in place of the logits
+                g[rows, t] -= 1.0
+                if need_h:
+                    grad_h[start:start + chunk_size] = (g.to(h.dtype) @ w).to(hidden.dtype)
+                if need_w:
+                    grad_w += g.T @ h.float()
+                if need_b:
+                    grad_b += g.sum(0)
+        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
+        ctx.flags = (need_h, need_w, need_b, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        need_h, need_w, need_b, w_dtype = ctx.flags
+        return (
+            grad_h * grad_out.to(grad_h.dtype) if need_h else None,
+            (grad_w * grad_out).to(w_dtype) if need_w else None,
+            (grad_b * grad_out).to(w_dtype) if need_b else None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         bias: torch.Tensor | None = None, chunk_size: int = 1024) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets``; hidden is (N, H), targets (N,)."""
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0 + weight.sum() * 0.0
+    if not torch.is_grad_enabled():
+        with torch.no_grad():
+            return _LinearCrossEntropy.forward(_NoCtx(), hidden, weight, bias, targets, chunk_size)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size)
+
+
+class _NoCtx:
+    """Stands in for autograd's ctx when no gradient is wanted (evaluation)."""
+
+    needs_input_grad = (False, False, False, False, False)
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        pass
+
+
+# Model types whose LM head is a plain linear layer applied to the final hidden states (no soft-capping, no
+# logit scale), so the head can be taken out of the forward pass and fused with the loss.
+PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "olmo", "olmo2", "smollm3", "phi3", "granite"}
+
+
+def fusable_head(model: nn.Module) -> nn.Linear | None:
+    """The model's LM head when leantune can fuse it with the loss, else None."""
+    if getattr(model.config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if getattr(model.config, "model_type", None) == "granite":
+        return None  # granite divides logits by logits_scaling
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head if type(head) is nn.Linear else None
+
+
+@contextlib.contextmanager
+def hidden_states_as_logits(model: nn.Module, head: nn.Module) -> Iterator[None]:
+    """Within the block the model's LM head is the identity: ``.logits`` holds the final hidden states."""
+    for name, module in model.named_modules():
+        if module is head:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, nn.Identity())
+            try:
+                yield
+            finally:
+                setattr(parent, child, head)
+            return
+    raise RuntimeError("the LM head is not a submodule of the model")
