@@ -36,8 +36,6 @@ class RunLogger:
     def message(self, text: str) -> None:
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
-        elif not self.quiet:
-            print(text, file=sys.stderr, flush=True)
         else:
             print(text, file=sys.stderr, flush=True)
 
