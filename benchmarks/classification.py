@@ -9,17 +9,15 @@ test accuracy, trainable parameters, training wall time, peak RSS. Skips with a 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "sst2"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, report, run_children, set_offline  # noqa: E402
+
+DEFAULT_DATA = SHARED / "sst2"
 
 # method -> (method_args, learning rate). One budget for all: same data, epochs, batch size, max length.
 LORA = {"r": 4, "alpha": 8, "dropout": 0.05}
@@ -34,10 +32,6 @@ RUNS = {
     "peft-lora": (LORA, 1e-3),  # HF peft + Trainer on the same mean-pooled model
     "peft-lora-cls": (LORA, 1e-3),  # HF peft + Trainer as a peft user gets it: BertForSequenceClassification
 }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_leantune(method: str, args: argparse.Namespace, out_dir: str) -> dict:
@@ -137,14 +131,12 @@ def run_peft(method: str, args: argparse.Namespace) -> dict:
 
 
 def child(method: str, args: argparse.Namespace) -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    set_offline()
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_peft(method, args) if method.startswith("peft") else run_leantune(method, args, tmp + "/run")
-    result["peak_rss_mb"] = peak_rss_mb()
-    print("RESULT " + json.dumps(result), flush=True)
+        report(run_peft(method, args) if method.startswith("peft") else run_leantune(method, args, tmp + "/run"))
 
 
 def main() -> None:
@@ -165,21 +157,10 @@ def main() -> None:
     if args.one:
         child(args.one, args)
         return
-    rows = []
-    for method in args.methods.split(","):
-        cmd = [sys.executable, __file__, "--one", method, "--data", args.data, "--train-size", str(args.train_size),
-               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--max-length",
-               str(args.max_length), "--threads", str(args.threads)]
-        cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        rows.append({"method": method, **json.loads(line[7:])})
-        r = rows[-1]
-        print(f"  {method:14s} acc {r['accuracy']:.4f}  trainable {r['trainable']:>10,}  {r['seconds']:6.1f} s  "
-              f"{r['peak_rss_mb']:6.0f} MB", file=sys.stderr, flush=True)
+    extra = ["--data", args.data, "--train-size", str(args.train_size), "--epochs", str(args.epochs),
+             "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads)]
+    extra += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    rows = [{"method": r["run"], **r} for r in run_children(__file__, args.methods.split(","), extra)]
     print(f"\nSST-2 test (1821 sentences), MiniLM-L6, {args.epochs:g} epoch(s) on "
           f"{args.train_size or 6920} training sentences, batch {args.batch_size}, max_length {args.max_length}, "
           f"{args.threads} threads\n")

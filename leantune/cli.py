@@ -72,24 +72,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """Predict labels (with probabilities) for every row of a file; write CSV or JSONL."""
-    import csv
-    import json
     from pathlib import Path
+
+    from leantune.data.writers import write_rows
 
     cfg, task, model, device = _load_run(args.run_dir)
     items, features = task.read_file(args.input, args.format, need_labels=False, target=args.target)
     rows = task.predict(model, items, features, device)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     full = [{**_input_fields(cfg, item), **row} for item, row in zip(items, rows, strict=True)]
-    if out.suffix == ".jsonl":
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in full))
-    else:
-        with out.open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(full[0]), delimiter="\t" if out.suffix == ".tsv" else ",")
-            w.writeheader()
-            w.writerows(full)
-    print(f"wrote {len(full)} predictions to {out}")
+    write_rows(Path(args.output), full)
+    print(f"wrote {len(full)} predictions to {args.output}")
 
 
 def _input_fields(cfg, item) -> dict:

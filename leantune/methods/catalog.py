@@ -44,13 +44,15 @@ def method_config(name: str, args: dict[str, Any] | None = None) -> MethodConfig
 
 def method_table(model_name: str, task: str) -> list[dict[str, Any]]:
     """Trainable and total parameters for every method (default settings) on ``model_name``."""
+    import copy
+
     import leantune as lt
     from leantune.models.registry import resolve_model
 
-    path = resolve_model(model_name)
+    base = _load(resolve_model(model_name), task)
     rows = []
     for name in METHOD_NAMES:
-        model = _load(path, task)
+        model = copy.deepcopy(base)  # every method on a fresh copy; the checkpoint is read once
         try:
             lt.attach(model, method_config(name))
             trainable, total = lt.trainable_parameters(model)

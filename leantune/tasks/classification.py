@@ -160,14 +160,19 @@ def load_classification_data(cfg: RunConfig, labels: list[str] | None = None) ->
     labels = labels or build_label_map(train_labels)
     if len(labels) < 2 and not cfg.data.multi_label:
         raise LeantuneError(f"{cfg.data.train}: only one label ({labels}); classification needs at least two.")
-    known = set(labels)
-    unseen = Counter(v for r in evals for v in _label_values(r, cfg) if v not in known)
-    if unseen:
-        example = next(r["_source"] for r in evals if any(v not in known for v in _label_values(r, cfg)))
-        raise LeantuneError(f"{example}: label(s) {sorted(unseen)} never appear in the training data "
-                            f"(training labels: {labels}).")
+    check_known_labels(evals, cfg, labels)
     report.update(train=len(train), eval=len(evals), labels=len(labels))
     return ClassificationData(labels=labels, train=train, eval=evals, report=report)
+
+
+def check_known_labels(records: list[dict[str, Any]], cfg: RunConfig, labels: list[str]) -> None:
+    """Refuse labels the model was not trained on, naming the first record that has one."""
+    known = set(labels)
+    unseen = Counter(v for r in records for v in _label_values(r, cfg) if v not in known)
+    if unseen:
+        example = next(r["_source"] for r in records if any(v not in known for v in _label_values(r, cfg)))
+        raise LeantuneError(f"{example}: label(s) {sorted(unseen)} never appear in the training data "
+                            f"(training labels: {labels}).")
 
 
 def encode(records: list[dict[str, Any]], tokenizer: Any, cfg: RunConfig, labels: list[str] | None,
@@ -175,8 +180,17 @@ def encode(records: list[dict[str, Any]], tokenizer: Any, cfg: RunConfig, labels
     """Token ids (truncated to max_length, counted) and the target of each record."""
     texts = [str(r[cfg.data.text_column]) for r in records]
     pairs = [str(r.get(cfg.data.text_pair_column) or "") for r in records] if cfg.data.text_pair_column else None
-    enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.train.max_length)
-    full = tokenizer(texts, pairs, truncation=False)["input_ids"] if report is not None else None
+    max_len = cfg.train.max_length
+    enc = tokenizer(texts, pairs, truncation=False)
+    long = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_len]
+    if long:  # only the few long texts are tokenised again, truncated
+        cut = tokenizer([texts[i] for i in long], [pairs[i] for i in long] if pairs else None, truncation=True,
+                        max_length=max_len)
+        for j, i in enumerate(long):
+            for key in enc:
+                enc[key][i] = cut[key][j]
+        if report is not None:
+            report["truncated to max_length"] += len(long)
     index = {lab: i for i, lab in enumerate(labels or [])}
     features = []
     for i, rec in enumerate(records):
@@ -189,8 +203,6 @@ def encode(records: list[dict[str, Any]], tokenizer: Any, cfg: RunConfig, labels
                 f["targets"] = [1.0 if lab in values else 0.0 for lab in labels]
             else:
                 f["targets"] = index[values[0]]
-        if full is not None and len(full[i]) > cfg.train.max_length:
-            report["truncated to max_length"] += 1
         features.append(f)
     return features
 
@@ -351,11 +363,7 @@ class ClassificationTask:
         if dropped:
             print(f"leantune: {path}: skipped {dict(dropped)}", file=sys.stderr, flush=True)
         if need_labels:
-            known = set(self.labels or [])
-            for r in kept:
-                unseen = [v for v in _label_values(r, self.cfg) if v not in known]
-                if unseen:
-                    raise LeantuneError(f"{r['_source']}: label(s) {unseen} were not in training ({self.labels}).")
+            check_known_labels(kept, self.cfg, self.labels or [])
         return kept, encode(kept, self.tokenizer, self.cfg, self.labels if need_labels else None)
 
     def evaluate_file(self, model: nn.Module, records: list[dict], features: list[dict],

@@ -8,7 +8,6 @@ context) is mapped back to the original text through the tokenizer's offsets. Me
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from torch import nn
 from leantune.config import RunConfig
 from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.labels import stratified_split
+from leantune.data.writers import write_jsonl
 from leantune.errors import LeantuneError
 from leantune.tasks.instruction import answers_of, read_qa_records
 from leantune.tasks.qa_metrics import qa_scores
@@ -210,9 +210,8 @@ class ExtractiveQATask:
         """Nothing before training; predictions are written by :meth:`finish`."""
 
     def finish(self, run_dir: Path) -> None:
-        with (run_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for row in self.last_predictions:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        """Write the last evaluation's predictions beside their references."""
+        write_jsonl(run_dir / "predictions.jsonl", self.last_predictions)
 
     def read_file(self, path: str, fmt: str = "auto", need_labels: bool = True, target: str | None = None) -> tuple[list[dict], list[dict]]:
         records = self.read(path, "train")

@@ -19,7 +19,6 @@ An encoder-decoder model reads the prompt as plain text and is trained on ``resp
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from torch import nn
 from leantune.config import RunConfig
 from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.labels import stratified_split
+from leantune.data.writers import write_jsonl
 from leantune.errors import LeantuneError
 from leantune.generate import generate
 from leantune.kernels.linear_cross_entropy import fusable_head, hidden_states_as_logits, linear_cross_entropy
@@ -276,9 +276,7 @@ class GenerativeTask:
     def finish(self, run_dir: Path) -> None:
         """Write the last evaluation's predictions beside their references."""
         if self.last_predictions:
-            with (run_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
-                for row in self.last_predictions:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write_jsonl(run_dir / "predictions.jsonl", self.last_predictions)
 
     # ---------------------------------------------------------------- eval / predict on files
     def read_file(self, path: str, fmt: str = "auto", need_labels: bool = True,

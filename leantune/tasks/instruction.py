@@ -85,8 +85,7 @@ class InstructionTask(GenerativeTask):
     def read_examples(self, path: str, target_path: str | None, split: str,
                       need_target: bool = True) -> list[Example]:
         fmt = self.cfg.data.format
-        records = read_qa_records(path, fmt, split) if fmt in ("squad", "auto") else read_records(
-            path, fmt if fmt in FILE_FORMATS else "auto", split)
+        records = read_qa_records(path, fmt, split)
         if not records:
             raise LeantuneError(f"{path}: no examples.")
         style = fmt if fmt in ("alpaca", "chat", "prompt_completion", "squad") else detect_style(records[0])
