@@ -80,6 +80,14 @@ class TrainConfig(_Strict):
     warmup_steps: int | None = Field(None, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_length: int = Field(128, gt=1)
+    packing: bool = False
+    """Causal-LM tasks: pack several examples into each row of max_length tokens (attention and positions kept per
+    example, loss per real token); batch_size then counts rows. No compute is spent on padding."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass instead of storing them (non-reentrant):
+    much less memory for about a third more compute."""
+    compile: bool = False
+    """torch.compile the LoRA adapter path (needs a C++ compiler on CPU; the first steps are slower)."""
     seed: int = 0
     eval_before: bool = True
     """Evaluate the starting point (untrained head / zero-shot) before training."""
@@ -124,6 +132,11 @@ class RunConfig(_Strict):
         if self.train.doc_stride is not None and self.train.doc_stride >= self.train.max_length // 2:
             raise ValueError(f"train.doc_stride ({self.train.doc_stride}) must be below half of train.max_length "
                              f"({self.train.max_length})")
+        if self.train.packing and self.task not in ("instruction", "translation"):
+            raise ValueError(f"train.packing is for causal-LM tasks (instruction, translation), not {self.task}")
+        if self.train.packing and self.method in ("prompt", "prefix"):
+            raise ValueError(f"train.packing cannot be combined with method {self.method} (virtual tokens belong to "
+                             "one sequence per row); turn packing off")
         if self.task == "translation" and not (self.data.source_lang and self.data.target_lang):
             raise ValueError("task translation needs data.source_lang and data.target_lang (e.g. English, German)")
         return self

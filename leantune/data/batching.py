@@ -39,7 +39,9 @@ def pad_batch(features: list[dict[str, Any]], pad_id: int, padding_side: str = "
         n = len(f["input_ids"])
         pad = longest - n
         for key, value in f.items():
-            if key in ("input_ids", "attention_mask", "token_type_ids", "labels") and isinstance(value, list):
+            if key == "position_ids":  # packed rows: the padding is one more (untrained) sequence
+                value = value + list(range(pad))
+            elif key in ("input_ids", "attention_mask", "token_type_ids", "labels") and isinstance(value, list):
                 fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": -100}[key]
                 value = value + [fill] * pad if padding_side == "right" else [fill] * pad + value
             out.setdefault(key, []).append(value)

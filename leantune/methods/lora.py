@@ -114,10 +114,20 @@ class LoraConfig(MethodConfig):
         )
 
 
+def lora_update(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``s · B A x``: the scale is applied on the rank-r activations (r columns, not out_features)."""
+    return F.linear(F.linear(x, a) * scaling, b)
+
+
 class LoraLinear(AdapterLayer):
-    """LoRA (and DoRA) beside an ``nn.Linear`` or GPT-2 ``Conv1D``."""
+    """LoRA (and DoRA) beside an ``nn.Linear`` or GPT-2 ``Conv1D``.
+
+    The plain LoRA path does no needless work: no input copy when dropout is 0 (Identity), no upcast of the frozen
+    weight (the base layer runs as it is), the adapter weights in the base weight's dtype.
+    """
 
     adapter_containers = ("lora_A", "lora_B", "lora_dropout", "lora_magnitude_vector")
+    update_fn = staticmethod(lora_update)
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -194,7 +204,7 @@ class LoraLinear(AdapterLayer):
         xd = dropout(xa)
         s = self.scaling[name]
         if name not in self.lora_magnitude_vector:
-            return result + B(A(xd) * s).to(result.dtype)
+            return result + self.update_fn(xd, A.weight, B.weight, s).to(result.dtype)
         # DoRA: rescale rows of (W + s·BA) to the magnitude m; the norm is a constant for the gradient (paper §4.3).
         W = weight_as_out_in(self.base_layer).to(xd.dtype)
         norm = torch.linalg.norm(W + self._delta(name).detach(), dim=1).detach()
@@ -403,3 +413,12 @@ def base_biases(model: nn.Module) -> dict[str, nn.Parameter]:
         and not n.startswith(("original_module.", "modules_to_save."))
         and "prompt_encoder." not in n
     }
+
+
+def compile_lora(model: nn.Module) -> int:
+    """Use one ``torch.compile``d adapter path (dynamic shapes) in every LoRA linear layer; returns how many."""
+    compiled = torch.compile(lora_update, dynamic=True)
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    for layer in layers:
+        layer.update_fn = compiled
+    return len(layers)

@@ -7,6 +7,7 @@ reparameterisation), which is applied once at save time so the saved file holds 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -153,7 +154,8 @@ class PrefixTuningMethod(PromptLearningMethod):
 
         kwargs.pop("past_key_values", None)
         kwargs.pop("cache", None)
-        kwargs[cache_kwarg(model)] = DynamicCache([(kv[2 * i], kv[2 * i + 1]) for i in range(layers)])
+        cache_cls = DynamicCache if kwargs.get("use_cache") else _prefix_only_cache_class()
+        kwargs[cache_kwarg(model)] = cache_cls([(kv[2 * i], kv[2 * i + 1]) for i in range(layers)])
         return kwargs
 
     def embeddings_to_save(self, encoder: nn.Module) -> torch.Tensor:
@@ -163,3 +165,21 @@ class PrefixTuningMethod(PromptLearningMethod):
         encoder = model.prompt_encoder[name]
         encoder.freeze_projection()
         return encoder.embedding.weight
+
+
+@functools.cache
+def _prefix_only_cache_class() -> type:
+    from transformers import DynamicCache
+
+    class PrefixOnlyCache(DynamicCache):
+        """The prefixes as a read-only cache (training, no generation): attention sees prefix + sequence, and
+        nothing is stored, so a checkpointed block recomputes against the same prefixes."""
+
+        read_only = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            layer = self.layers[layer_idx]
+            return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+    return PrefixOnlyCache

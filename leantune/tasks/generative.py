@@ -201,7 +201,10 @@ class GenerativeTask:
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                         decoder_input_ids=decoder_input_ids, use_cache=False)
             return out.logits, labels
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        if "position_ids" in batch:  # packed rows: positions restart per example, attention stays inside each
+            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        else:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         outputs = out.logits
         if outputs.shape[1] > labels.shape[1]:  # prompt tuning puts virtual tokens in front
             outputs = outputs[:, -labels.shape[1]:]

@@ -16,9 +16,13 @@ import torch
 import leantune as lt
 from leantune.config import RunConfig, dump_config
 from leantune.data.batching import iterate_batches, length_grouped_batches
+from leantune.data.packing import pack_examples
+from leantune.errors import LeantuneError
 from leantune.methods.catalog import method_config
+from leantune.methods.lora import compile_lora
 from leantune.models.registry import resolve_model
 from leantune.tasks import make_task
+from leantune.train.checkpointing import enable_activation_checkpointing
 from leantune.train.logger import RunLogger, plot_run
 from leantune.train.optim import build_optimizer, build_scheduler
 from leantune.train.runs import load_tokenizer, prepare_output_dir
@@ -62,13 +66,16 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def epoch_batches(features: list[dict], batch_size: int, seed: int, pad_id: int) -> Iterator[dict]:
-    """Length-grouped, freshly shuffled batches, epoch after epoch."""
-    lengths = [len(f["input_ids"]) for f in features]
+def epoch_batches(features: list[dict], batch_size: int, seed: int, pad_id: int,
+                  pack_length: int | None = None) -> Iterator[dict]:
+    """Length-grouped, freshly shuffled batches, epoch after epoch; with ``pack_length``, batches of packed rows
+    (re-packed each epoch)."""
     epoch = 0
     while True:
+        rows = pack_examples(features, pack_length, seed=seed + epoch) if pack_length else features
+        lengths = [len(f["input_ids"]) for f in rows]
         batches = length_grouped_batches(lengths, batch_size, seed=seed + epoch)
-        yield from iterate_batches(features, batches, pad_id)
+        yield from iterate_batches(rows, batches, pad_id)
         epoch += 1
 
 
@@ -114,10 +121,17 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
     model = task.build_model(model_path)
     lt.attach(model, method_config(cfg.method, cfg.method_args))
     model.to(device)
+    if tc.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if tc.compile and not compile_lora(model):
+        raise LeantuneError(f"train.compile compiles the LoRA adapter path; method {cfg.method} has none.")
     trainable, total = lt.trainable_parameters(model)
 
     # 3. schedule
-    micro_per_epoch = math.ceil(len(train_features) / tc.batch_size)
+    if tc.packing and getattr(task, "seq2seq", False):
+        raise LeantuneError(f"train.packing needs a decoder-only model; {cfg.model} is an encoder-decoder.")
+    rows = len(pack_examples(train_features, tc.max_length)) if tc.packing else len(train_features)
+    micro_per_epoch = math.ceil(rows / tc.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // tc.grad_accum)
     total_steps = tc.max_steps if tc.max_steps is not None else math.ceil(tc.epochs * steps_per_epoch)
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(tc.warmup_ratio * total_steps)
@@ -141,7 +155,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
 
     # 5. optimise
     model.train()
-    batches = epoch_batches(train_features, tc.batch_size, tc.seed, task.pad_id)
+    batches = epoch_batches(train_features, tc.batch_size, tc.seed, task.pad_id, tc.max_length if tc.packing else None)
     t0 = time.perf_counter()
     tokens_since, time_since, loss_since, n_since = 0, time.perf_counter(), 0.0, 0
     step = 0

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from peft import PeftModel
-from tiny_models import batch, bert, gpt2, llama, output_of, randomize_
+from tiny_models import FACTORIES, batch, bert, gpt2, llama, output_of, randomize_
 
 import leantune as lt
 from leantune.methods.lora import LoraEmbedding, LoraLinear
@@ -138,3 +138,24 @@ def test_dropout_only_in_training():
         c = model(input_ids=inputs["input_ids"]).logits
         d = model(input_ids=inputs["input_ids"]).logits
     assert not torch.allclose(c, d)
+
+
+@pytest.mark.slow
+def test_compiled_adapter_path_gives_the_same_loss_and_gradients():
+    from leantune.methods.lora import compile_lora
+
+    model = lt.attach(FACTORIES["llama"](), lt.LoraConfig(r=4, init="random")).train()
+    inputs = batch("llama")
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    loss, grads = loss_and_grads()
+    assert compile_lora(model) > 0
+    loss_c, grads_c = loss_and_grads()
+    assert loss_c == pytest.approx(loss, rel=1e-6)
+    for g, gc in zip(grads, grads_c, strict=True):
+        torch.testing.assert_close(gc, g, rtol=1e-5, atol=1e-7)

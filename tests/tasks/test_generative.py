@@ -153,3 +153,22 @@ def test_instruction_tuning_learns_to_answer_and_stop(folders, tmp_path):
                               add_special_tokens=False)["input_ids"] for i in range(8)]
     out = generate_ids(model, prompts, task.pad_id, eos_ids(model, task.tokenizer), max_new_tokens=12)
     assert sum(len(o) < 12 for o in out) >= 6
+
+
+def test_packed_and_checkpointed_training_learns(folders, tmp_path):
+    (tmp_path / "inst.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg = validate_config({
+        "model": folders["chat"], "task": "instruction", "method": "lora", "method_args": {"r": 8},
+        "data": {"train": str(tmp_path / "inst.jsonl"), "format": "alpaca"},
+        "train": {"epochs": 4, "batch_size": 2, "lr": 5e-3, "max_length": 64, "eval_max_examples": 16,
+                  "max_new_tokens": 12, "packing": True, "activation_checkpointing": True},
+        "output_dir": str(tmp_path / "run"),
+    })
+    result = fine_tune(cfg, quiet=True)
+    assert result.steps <= 4 * 144 / 2 / 2  # unpacked: 288 steps; rows hold two or more examples
+    assert result.after["eval_loss"] < result.before["eval_loss"]
+    assert result.after["exact_match"] > result.before["exact_match"]
+    with pytest.raises(LeantuneError, match="encoder-decoder"):
+        fine_tune(cfg.model_copy(update={"model": folders["t5"], "output_dir": str(tmp_path / "t5")}), quiet=True)
+    with pytest.raises(LeantuneError, match="packing cannot be combined with method prompt"):
+        validate_config({**cfg.model_dump(), "method": "prompt", "method_args": {}})
