@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from leantune.methods.base import (
     require_state,
     wrap_modules_to_save,
 )
+from leantune.models.quantize import QuantizedLinear, dequantize_model, is_quantized
 from leantune.models.targets import default_head_modules
 
 CONFIG_NAME = "adapter_config.json"
@@ -148,6 +150,7 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
+    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantizedLinear))
     return trainable, total
 
 
@@ -317,6 +320,11 @@ def merge(model: nn.Module) -> nn.Module:
             "save the adapter with lt.save_adapter and load it with lt.load_adapter instead."
         )
     name = None if state.disabled else state.active
+    if is_quantized(model):
+        n = dequantize_model(model)
+        print(f"leantune: merging into a quantized base: dequantised its {n} quantized layers to "
+              f"{next(model.parameters()).dtype} first (the quantisation error stays in the merged weights).",
+              file=sys.stderr, flush=True)
     for mname, module in list(model.named_modules()):
         if isinstance(module, AdapterLayer):
             if name is not None and name in module.adapter_names:
@@ -336,6 +344,9 @@ def merge_adapter(model: nn.Module) -> None:
     state = require_state(model)
     if not state.method.mergeable:
         raise LeantuneError(f"{state.method.name} adapters cannot be merged into the base weights.")
+    if is_quantized(model):
+        raise LeantuneError("the base is quantized: an adapter cannot be folded into it in place and back; use "
+                            "lt.merge(model), which dequantises the base first, or keep the adapter unmerged.")
     # BitFit and full fine-tuning already train the base weights in place: nothing to fold.
     for module in model.modules():
         if isinstance(module, AdapterLayer) and state.active in module.adapter_names:

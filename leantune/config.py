@@ -118,6 +118,9 @@ class RunConfig(_Strict):
     task: Literal["classification", "instruction", "translation", "extractive_qa"] = "classification"
     method: str = "lora"
     method_args: dict[str, Any] = Field(default_factory=dict)
+    quantize: Literal["none", "nf4", "int8"] = "none"
+    """Store the frozen base's linear layers in 4-bit NF4 or int8 (QLoRA); the adapter trains on top in full
+    precision. Heads and the LM head stay as they are."""
     pooling: Literal["auto", "mean", "cls", "last"] = "auto"
     """Classification pooling; auto: what a sentence-transformers checkpoint was trained with, else the model's own."""
     data: DataConfig
@@ -132,6 +135,9 @@ class RunConfig(_Strict):
         if self.train.doc_stride is not None and self.train.doc_stride >= self.train.max_length // 2:
             raise ValueError(f"train.doc_stride ({self.train.doc_stride}) must be below half of train.max_length "
                              f"({self.train.max_length})")
+        if self.quantize != "none" and self.method == "full":
+            raise ValueError(f"quantize: {self.quantize} freezes the base in low precision; full fine-tuning needs "
+                             "its weights in full precision (use a LoRA-family method, or quantize: none)")
         if self.train.packing and self.task not in ("instruction", "translation"):
             raise ValueError(f"train.packing is for causal-LM tasks (instruction, translation), not {self.task}")
         if self.train.packing and self.method in ("prompt", "prefix"):

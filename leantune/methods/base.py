@@ -18,13 +18,14 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from leantune.errors import LeantuneError
+from leantune.models.quantize import QuantizedLinear
 
 try:  # GPT-2 style layers keep their weight as (in_features, out_features)
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a hard dependency
     Conv1D = ()  # type: ignore[assignment]
 
-LINEAR_TYPES: tuple[type, ...] = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
+LINEAR_TYPES: tuple[type, ...] = (nn.Linear, QuantizedLinear, *((Conv1D,) if Conv1D else ()))
 
 
 class MethodConfig(BaseModel):

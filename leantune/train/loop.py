@@ -20,6 +20,7 @@ from leantune.data.packing import pack_examples
 from leantune.errors import LeantuneError
 from leantune.methods.catalog import method_config
 from leantune.methods.lora import compile_lora
+from leantune.models.quantize import quantize_model
 from leantune.models.registry import resolve_model
 from leantune.tasks import make_task
 from leantune.train.checkpointing import enable_activation_checkpointing
@@ -119,6 +120,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
 
     # 2. model + adapter
     model = task.build_model(model_path)
+    quantized = quantize_model(model, cfg.quantize) if cfg.quantize != "none" else None
     lt.attach(model, method_config(cfg.method, cfg.method_args))
     model.to(device)
     if tc.activation_checkpointing:
@@ -145,7 +147,10 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
         f"({100 * trainable / total:.3f}%); {len(train_features)} train / {len(eval_features)} eval examples; "
         f"{total_steps} steps on {device.type}"
     )
-    logger.log({"step": 0, "data": task.report, "trainable": trainable, "total": total})
+    if quantized:
+        logger.message(f"quantized {quantized['layers']} linear layers to {quantized['kind']}: "
+                       f"{quantized['bytes_before'] / 2**20:.0f} MB -> {quantized['bytes_after'] / 2**20:.0f} MB")
+    logger.log({"step": 0, "data": task.report, "trainable": trainable, "total": total, "quantized": quantized})
 
     # 4. evaluate the starting point (untrained head / zero-shot)
     before = task.evaluate(model, eval_features, device) if tc.eval_before or total_steps == 0 else {}

@@ -60,5 +60,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Any, Any, Any]:
     model_path = resolve_model(cfg.model)
     task = make_task(cfg, load_tokenizer(model_path), labels, model_path)
     model = task.build_model(model_path)
+    if cfg.quantize != "none":  # evaluate on the base the adapter was trained on
+        from leantune.models.quantize import quantize_model
+
+        quantize_model(model, cfg.quantize)
     lt.load_adapter(model, run / "adapter")
     return cfg, task, model.eval()
