@@ -28,7 +28,7 @@ from leantune.methods.base import (
     require_state,
     wrap_modules_to_save,
 )
-from leantune.models.quantize import QuantizedLinear, dequantize_model, is_quantized
+from leantune.models.quantize import dequantize_model, is_quantized, quantized_weight_count
 from leantune.models.targets import default_head_modules
 
 CONFIG_NAME = "adapter_config.json"
@@ -150,7 +150,7 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
-    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantizedLinear))
+    total += quantized_weight_count(model)
     return trainable, total
 
 

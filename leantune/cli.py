@@ -50,6 +50,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run folder: {result.run_dir}  (adapter/, metrics.json, train_log.jsonl, loss.png)")
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    """Print parameters, trainable parameters and the predicted peak memory of a run, without training."""
+    from leantune.config import load_config
+    from leantune.train.estimate import estimate_run, format_estimate
+
+    cfg = load_config(args.config, args.set)
+    print(format_estimate(cfg, estimate_run(cfg)))
+
+
 def _load_run(run_dir: str):
     """(config, task, model on the best device, device) of a finished run."""
     from leantune.train.loop import pick_device
@@ -135,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("estimate", help="parameters and predicted peak memory of a config, before training")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("eval", help="evaluate a run on a labelled file")
     p.add_argument("run_dir")

@@ -121,6 +121,8 @@ class RunConfig(_Strict):
     quantize: Literal["none", "nf4", "int8"] = "none"
     """Store the frozen base's linear layers in 4-bit NF4 or int8 (QLoRA); the adapter trains on top in full
     precision. Heads and the LM head stay as they are."""
+    quantize_backend: Literal["auto", "leantune", "bitsandbytes"] = "auto"
+    """auto: bitsandbytes on CUDA when installed, else leantune's portable PyTorch path (any device)."""
     pooling: Literal["auto", "mean", "cls", "last"] = "auto"
     """Classification pooling; auto: what a sentence-transformers checkpoint was trained with, else the model's own."""
     data: DataConfig

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from leantune.errors import LeantuneError
-from leantune.models.quantize import QuantizedLinear
+from leantune.models.quantize import QuantizedLinear, dequantized_weight, is_quantized_layer
 
 try:  # GPT-2 style layers keep their weight as (in_features, out_features)
     from transformers.pytorch_utils import Conv1D
@@ -315,6 +315,8 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
 
 def weight_as_out_in(module: nn.Module) -> torch.Tensor:
     """The weight as (out_features, in_features), whatever the layer stores."""
+    if is_quantized_layer(module):
+        return dequantized_weight(module)
     return module.weight.T if is_conv1d(module) else module.weight
 
 

@@ -31,7 +31,7 @@ from leantune.methods.base import (
     target_matches,
     weight_as_out_in,
 )
-from leantune.models.quantize import QuantizedLinear
+from leantune.models.quantize import is_quantized_layer
 from leantune.models.targets import arch_targets
 
 LoraInit = Literal["standard", "gaussian", "pissa", "random"]
@@ -191,7 +191,7 @@ class LoraLinear(AdapterLayer):
         return torch.linalg.norm(W.to(delta.dtype) + delta, dim=1)
 
     def _set_weight(self, w_out_in: torch.Tensor) -> None:
-        if isinstance(self.base_layer, QuantizedLinear):
+        if is_quantized_layer(self.base_layer):
             raise LeantuneError("this LoRA setting writes to the base weight, which is quantized here; "
                                 "use init standard/gaussian with a quantized base, or dequantise it first.")
         target = self.base_layer.weight

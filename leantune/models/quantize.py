@@ -14,11 +14,16 @@ LoRA (or any other adapter) trained on top. Merging into a quantized base dequan
 
 from __future__ import annotations
 
+import copy
+import functools
+import gc
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from leantune.errors import LeantuneError
 
 QuantKind = Literal["nf4", "int8"]
 
@@ -41,10 +46,16 @@ def quantize_nf4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (codes[0::2] << 4) | codes[1::2], absmax
 
 
+@functools.cache
+def _byte_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(256, 2): the two NF4 levels each packed byte stands for (one gather per byte instead of shifts + two)."""
+    codes = torch.arange(256)
+    return torch.stack((NF4_LEVELS[codes >> 4], NF4_LEVELS[codes & 0x0F]), dim=1).to(device=device, dtype=dtype)
+
+
 def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    codes = torch.stack((packed >> 4, packed & 0x0F), dim=1).reshape(-1).long()
-    values = NF4_LEVELS.to(device=packed.device, dtype=dtype)[codes].reshape(-1, BLOCK)
-    return (values * absmax.to(dtype)[:, None]).reshape(shape)
+    values = torch.index_select(_byte_table(packed.device, dtype), 0, packed.int()).view(-1, BLOCK)
+    return values.mul_(absmax.to(dtype)[:, None]).view(shape)
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,9 +130,71 @@ class QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}"
 
 
-def quantize_model(model: nn.Module, kind: QuantKind, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Replace the model's ``nn.Linear`` layers in place by quantized ones, except the output / task heads and any
-    module whose name contains an entry of ``skip``; returns what was done (layers, bytes before and after)."""
+def _bnb_linear(linear: nn.Linear, kind: QuantKind) -> nn.Module:
+    """The bitsandbytes layer (Linear4bit NF4 / Linear8bitLt) holding ``linear``'s weight, quantized."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise LeantuneError("quantize_backend: bitsandbytes needs the bitsandbytes package (pip install "
+                            "bitsandbytes), or use quantize_backend: leantune.") from None
+    w = linear.weight.detach()
+    has_bias = linear.bias is not None
+    if kind == "nf4":
+        q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=w.dtype,
+                              quant_type="nf4", device="meta")
+        q.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4")
+    else:
+        q = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
+                                threshold=6.0, device="meta")
+        q.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
+    if has_bias:
+        q.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+    return q.to(w.device)  # bitsandbytes quantizes when the layer is moved
+
+
+def is_bnb_layer(module: nn.Module) -> bool:
+    return type(module).__name__ in ("Linear4bit", "Linear8bitLt") and type(module).__module__.startswith("bitsandbytes")
+
+
+def is_quantized_layer(module: nn.Module) -> bool:
+    return isinstance(module, QuantizedLinear) or is_bnb_layer(module)
+
+
+def dequantized_weight(module: nn.Module) -> torch.Tensor:
+    """The (out, in) weight of a quantized layer (leantune's or bitsandbytes'), dequantised."""
+    if isinstance(module, QuantizedLinear):
+        return module.dequantize()
+    import bitsandbytes as bnb
+
+    w = module.weight
+    if type(module).__name__ == "Linear4bit":
+        data, state = w.data, w.quant_state
+        if getattr(state, "packing_format_for_cpu", False):  # repacked by bitsandbytes' CPU inference path
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            data, state = _convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
+        return bnb.functional.dequantize_4bit(data, state).reshape(module.out_features, module.in_features)
+    scb = w.SCB if getattr(w, "SCB", None) is not None else module.state.SCB  # moved to .state after a forward
+    return w.data.float() * (scb.float()[:, None] / 127.0)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """auto: bitsandbytes on CUDA when it is installed (its fused kernels), leantune's portable path otherwise."""
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is not None:
+            return "bitsandbytes"
+    return "leantune"
+
+
+def quantize_model(model: nn.Module, kind: QuantKind, backend: str = "leantune",
+                   skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Replace the model's ``nn.Linear`` layers in place by quantized ones (leantune's :class:`QuantizedLinear`, or
+    bitsandbytes' layers with ``backend="bitsandbytes"``), except the output / task heads and any module whose
+    name contains an entry of ``skip``; returns what was done (layers, bytes before and after)."""
     heads = set()
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for name, module in model.named_modules():
@@ -133,27 +206,61 @@ def quantize_model(model: nn.Module, kind: QuantKind, skip: tuple[str, ...] = ()
             continue
         if kind == "nf4" and module.weight.numel() % BLOCK:
             continue  # NF4 blocks need a multiple of 64 weights; such a small layer stays as it is
-        q = QuantizedLinear(module, kind)
+        q = _bnb_linear(module, kind) if backend == "bitsandbytes" else QuantizedLinear(module, kind)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
         count += 1
         before += module.weight.numel() * module.weight.element_size()
-        after += q.qweight.numel() * q.qweight.element_size() + q.absmax.numel() * 4
+        stored = [*q.buffers()] if isinstance(q, QuantizedLinear) else [q.weight, *q.buffers()]
+        after += sum(t.numel() * t.element_size() for t in stored)
+    # The fp32 weights may be views of the checkpoint file, memory-mapped: give the layers that stay their own
+    # memory, so the mapping (and the resident pages of the weights just quantized) can go.
+    packed = {id(t) for m in model.modules() if is_quantized_layer(m) for t in (*m.buffers(), *m.parameters())}
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.device.type == "cpu" and id(t) not in packed:
+                t.data = t.data.clone()
+    gc.collect()
     model.__dict__["_leantune_quantized"] = kind
-    return {"kind": kind, "layers": count, "bytes_before": before, "bytes_after": after}
+    return {"kind": kind, "backend": backend, "layers": count, "bytes_before": before, "bytes_after": after}
 
 
 def dequantize_model(model: nn.Module) -> int:
     """Replace every :class:`QuantizedLinear` (also as an adapter's base layer) by a plain ``nn.Linear``."""
     count = 0
     for name, module in list(model.named_modules()):
-        if isinstance(module, QuantizedLinear):
+        if is_quantized_layer(module):
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.to_linear())
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, _plain_linear(module))
             count += 1
     model.__dict__.pop("_leantune_quantized", None)
     return count
 
 
+def _plain_linear(module: nn.Module) -> nn.Linear:
+    if isinstance(module, QuantizedLinear):
+        return module.to_linear()
+    w = dequantized_weight(module)
+    dtype = getattr(module, "compute_dtype", None) or torch.float32
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device=w.device,
+                       dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear
+
+
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, QuantizedLinear) for m in model.modules())
+    return any(is_quantized_layer(m) for m in model.modules())
+
+
+def quantized_weight_count(model: nn.Module) -> int:
+    """Weights of the quantized layers not counted by ``parameters()`` (packed or held in buffers)."""
+    extra = 0
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            extra += m.in_features * m.out_features
+        elif is_bnb_layer(m):
+            extra += m.in_features * m.out_features - m.weight.numel()
+    return extra

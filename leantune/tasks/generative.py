@@ -228,6 +228,11 @@ class GenerativeTask:
         loss = linear_cross_entropy(hidden[keep], head.weight, targets[keep], head.bias)
         return loss, int(keep.sum())
 
+    def fused_head_bytes(self, model: nn.Module, tokens: int, chunk_size: int = 512) -> int:
+        """Transient of the fused head: one chunk's fp32 logits (0 when the head is not fused)."""
+        head = None if self.seq2seq else fusable_head(model)
+        return 0 if head is None else min(tokens, chunk_size) * head.weight.shape[0] * 4
+
     def batch_count(self, batch: dict[str, torch.Tensor]) -> int:
         labels = batch["labels"]
         return int((labels != -100).sum()) if self.seq2seq else int((labels[:, 1:] != -100).sum())

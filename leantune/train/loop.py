@@ -20,11 +20,12 @@ from leantune.data.packing import pack_examples
 from leantune.errors import LeantuneError
 from leantune.methods.catalog import method_config
 from leantune.methods.lora import compile_lora
-from leantune.models.quantize import quantize_model
+from leantune.models.quantize import quantize_model, resolve_backend
 from leantune.models.registry import resolve_model
 from leantune.tasks import make_task
 from leantune.train.checkpointing import enable_activation_checkpointing
 from leantune.train.logger import RunLogger, plot_run
+from leantune.train.memory import heap_trimmer, peak_memory
 from leantune.train.optim import build_optimizer, build_scheduler
 from leantune.train.runs import load_tokenizer, prepare_output_dir
 
@@ -39,6 +40,8 @@ class RunResult:
     steps: int
     train_seconds: float
     data_report: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)
+    """Peak memory of the process up to the end of training (peak_rss_mb; peak_cuda_mb on a GPU)."""
 
 
 def pick_device() -> torch.device:
@@ -80,6 +83,24 @@ def epoch_batches(features: list[dict], batch_size: int, seed: int, pad_id: int,
         epoch += 1
 
 
+def prepare_model(cfg: RunConfig, task: Any, model_path: str, device: torch.device,
+                  checkpointing: bool | None = None) -> tuple[torch.nn.Module, dict | None]:
+    """The task's model from the pretrained weights, quantized if asked, with the method attached, on ``device``;
+    activation checkpointing and compilation as the config says. Returns (model, quantization report)."""
+    tc = cfg.train
+    model = task.build_model(model_path)
+    quantized = None
+    if cfg.quantize != "none":
+        quantized = quantize_model(model, cfg.quantize, resolve_backend(cfg.quantize_backend, device))
+    lt.attach(model, method_config(cfg.method, cfg.method_args))
+    model.to(device)
+    if tc.activation_checkpointing if checkpointing is None else checkpointing:
+        enable_activation_checkpointing(model)
+    if tc.compile and not compile_lora(model):
+        raise LeantuneError(f"train.compile compiles the LoRA adapter path; method {cfg.method} has none.")
+    return model, quantized
+
+
 def accumulate_gradients(model: torch.nn.Module, task: Any, micro: list[dict], device: torch.device,
                          amp_dtype: torch.dtype | None) -> tuple[float, int]:
     """Backward over the micro-batches of one optimizer step; return (step loss, real tokens).
@@ -119,14 +140,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
     task.save_artifacts(run_dir)
 
     # 2. model + adapter
-    model = task.build_model(model_path)
-    quantized = quantize_model(model, cfg.quantize) if cfg.quantize != "none" else None
-    lt.attach(model, method_config(cfg.method, cfg.method_args))
-    model.to(device)
-    if tc.activation_checkpointing:
-        enable_activation_checkpointing(model)
-    if tc.compile and not compile_lora(model):
-        raise LeantuneError(f"train.compile compiles the LoRA adapter path; method {cfg.method} has none.")
+    model, quantized = prepare_model(cfg, task, model_path, device)
     trainable, total = lt.trainable_parameters(model)
 
     # 3. schedule
@@ -148,7 +162,8 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
         f"{total_steps} steps on {device.type}"
     )
     if quantized:
-        logger.message(f"quantized {quantized['layers']} linear layers to {quantized['kind']}: "
+        logger.message(f"quantized {quantized['layers']} linear layers to {quantized['kind']} "
+                       f"({quantized['backend']}): "
                        f"{quantized['bytes_before'] / 2**20:.0f} MB -> {quantized['bytes_after'] / 2**20:.0f} MB")
     logger.log({"step": 0, "data": task.report, "trainable": trainable, "total": total, "quantized": quantized})
 
@@ -160,6 +175,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
 
     # 5. optimise
     model.train()
+    trim_heap = heap_trimmer(device)
     batches = epoch_batches(train_features, tc.batch_size, tc.seed, task.pad_id, tc.max_length if tc.packing else None)
     t0 = time.perf_counter()
     tokens_since, time_since, loss_since, n_since = 0, time.perf_counter(), 0.0, 0
@@ -173,6 +189,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        trim_heap()
         step += 1
         loss_since += step_loss
         n_since += 1
@@ -181,7 +198,8 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
             elapsed = time.perf_counter() - time_since
             tok_s = tokens_since / max(elapsed, 1e-9)
             lr = scheduler.get_last_lr()[0]
-            logger.log({"step": step, "loss": loss_since / n_since, "lr": lr, "tokens_per_s": round(tok_s, 1)})
+            logger.log({"step": step, "loss": loss_since / n_since, "lr": lr, "tokens": tokens_since,
+                        "tokens_per_s": round(tok_s, 1), **peak_memory(device)})
             logger.step(step, loss_since / n_since, lr, tok_s)
             tokens_since, time_since, loss_since, n_since = 0, time.perf_counter(), 0.0, 0
 
@@ -199,6 +217,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
                     logger.message(f"early stopping at step {step}: no {metric} gain for {bad_evals} evaluations")
                     break
     train_seconds = time.perf_counter() - t0
+    memory = peak_memory(device)
 
     # 6. final evaluation; keep the best weights if an earlier evaluation beat the end
     after = task.evaluate(model, eval_features, device) if step > 0 else before
@@ -206,7 +225,8 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
         _restore(model, best_state)
         after = task.evaluate(model, eval_features, device)
         logger.message(f"kept the best checkpoint (step {best_step}, {metric} {best_value:.4f})")
-    logger.log({"step": step, "eval": task.headline(after), "final": True})
+    logger.log({"step": step, "eval": task.headline(after), "final": True, "train_seconds": round(train_seconds, 1),
+                **memory})
     logger.close()
 
     # 7. save
@@ -214,7 +234,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
     task.finish(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(after, indent=2) + "\n")
     plot_run(run_dir / "train_log.jsonl", run_dir / "loss.png", metric)
-    return RunResult(run_dir, before, after, trainable, total, step, train_seconds, task.report)
+    return RunResult(run_dir, before, after, trainable, total, step, train_seconds, task.report, memory)
 
 
 def _improved(value: float | None, best: float | None, metric: str, strict: bool = True) -> bool:

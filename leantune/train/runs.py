@@ -61,8 +61,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Any, Any, Any]:
     task = make_task(cfg, load_tokenizer(model_path), labels, model_path)
     model = task.build_model(model_path)
     if cfg.quantize != "none":  # evaluate on the base the adapter was trained on
-        from leantune.models.quantize import quantize_model
+        from leantune.models.quantize import quantize_model, resolve_backend
+        from leantune.train.loop import pick_device
 
-        quantize_model(model, cfg.quantize)
+        quantize_model(model, cfg.quantize, resolve_backend(cfg.quantize_backend, pick_device()))
     lt.load_adapter(model, run / "adapter")
     return cfg, task, model.eval()

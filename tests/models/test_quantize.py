@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -49,12 +50,29 @@ def test_quantized_linear_computes_with_its_dequantised_weight(kind):
     assert not any(p.requires_grad for p in q.parameters())
 
 
+BACKENDS = ["leantune", pytest.param("bitsandbytes", marks=pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed"))]
+
+
+def _llama_64():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)).eval()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
-def test_lora_on_a_quantized_base_trains_saves_and_merges(kind, tmp_path, capsys):
-    model = llama()
-    info = quantize_model(model, kind)
+def test_lora_on_a_quantized_base_trains_saves_and_merges(kind, backend, tmp_path, capsys):
+    # bitsandbytes' CPU inference path needs layers of at least one 64-weight block per row
+    factory = llama if backend == "leantune" else _llama_64
+    model = factory()
+    info = quantize_model(model, kind, backend)
     assert info["layers"] == 14 and is_quantized(model)
-    assert info["bytes_after"] < info["bytes_before"] * (0.15 if kind == "nf4" else 0.3)
+    assert info["bytes_after"] < info["bytes_before"] * (0.2 if kind == "nf4" else 0.3)
+    trainable, total = lt.trainable_parameters(model)
+    assert total == sum(p.numel() for p in factory().parameters())
     assert model.lm_head.__class__ is torch.nn.Linear  # the head stays
     lt.attach(model, lt.LoraConfig(r=4, target_modules="all-linear"))
     randomize_(p for p in model.parameters() if p.requires_grad)
@@ -66,8 +84,8 @@ def test_lora_on_a_quantized_base_trains_saves_and_merges(kind, tmp_path, capsys
     expected = output_of(model, batch("llama"))
     lt.save_adapter(model, tmp_path / "adapter")
 
-    reloaded = llama()
-    quantize_model(reloaded, kind)
+    reloaded = factory()
+    quantize_model(reloaded, kind, backend)
     lt.load_adapter(reloaded, tmp_path / "adapter")
     torch.testing.assert_close(output_of(reloaded.eval(), batch("llama")), expected)
 
@@ -76,7 +94,9 @@ def test_lora_on_a_quantized_base_trains_saves_and_merges(kind, tmp_path, capsys
     merged = lt.merge(model)
     assert "dequantised" in capsys.readouterr().err
     assert not is_quantized(merged)
-    torch.testing.assert_close(output_of(merged, batch("llama")), expected, rtol=1e-4, atol=1e-5)
+    # bitsandbytes' CPU inference kernel rounds differently from its own dequantisation (~1e-3 on these logits)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if backend == "leantune" else {"rtol": 1e-2, "atol": 1e-2}
+    torch.testing.assert_close(output_of(merged, batch("llama")), expected, **tol)
 
 
 def test_pissa_refuses_a_quantized_base():
