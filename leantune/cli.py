@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from leantune.errors import LeantuneError
+from leantune.train.guards import TrainingInterrupted
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -43,10 +44,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     from leantune.train.loop import fine_tune
 
     cfg = load_config(args.config, args.set)
-    result = fine_tune(cfg, overwrite=args.overwrite, quiet=args.quiet)
+    if args.resume and args.overwrite:
+        raise LeantuneError("--resume continues the run in output_dir and --overwrite deletes it: choose one.")
+    result = fine_tune(cfg, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
     if result.before:
         _print_metrics("before", result.before)
     _print_metrics("after ", result.after)
+    skipped = result.data_report.get("bad_rows_skipped")
+    if skipped:
+        total = sum(v["rows"] for v in skipped.values())
+        print(f"skipped {total} bad rows: " + "; ".join(f"{n['rows']} x {reason} (first: {n['first']})"
+                                                       for reason, n in skipped.items()))
     print(f"run folder: {result.run_dir}  (adapter/, metrics.json, train_log.jsonl, loss.png)")
 
 
@@ -142,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=cmd_train)
 
@@ -197,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     except LeantuneError as e:
         if args.debug:
             raise

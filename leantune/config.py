@@ -63,6 +63,9 @@ class DataConfig(_Strict):
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     """Held out (stratified, seeded) when no eval file is given."""
     clean: CleanConfig = CleanConfig()
+    on_bad_rows: Literal["error", "skip"] = "error"
+    """A malformed row (bad CSV/JSON, invalid UTF-8, missing fields or label, a label unseen in training):
+    error: stop with the file, line and field; skip: drop it, count it, and report the counts in the log."""
 
 
 class TrainConfig(_Strict):
@@ -102,6 +105,16 @@ class TrainConfig(_Strict):
     """auto: fp32 on CPU (bf16 is slower there), bf16 autocast on GPUs that support it."""
     num_threads: int | None = Field(None, gt=0)
     log_every: int = Field(10, gt=0)
+    save_every: int | None = Field(200, gt=0)
+    """Write a complete checkpoint (weights, optimizer, schedule, RNG, data position) every N steps, and at the
+    end; ``leantune train CONFIG --resume`` continues from the newest good one. None: only at the end / on a
+    signal."""
+    keep_last: int = Field(2, gt=0)
+    """How many step checkpoints to keep (checkpoint-best/ is kept besides)."""
+    max_nonfinite_steps: int = Field(5, gt=0)
+    """Steps with a NaN/Inf loss or gradient are skipped with a warning; after this many the run stops."""
+    spike_factor: float | None = Field(None, gt=1)
+    """Warn (and log) when a step's loss exceeds this factor x the median of the last 20 steps."""
     eval_max_examples: int | None = Field(100, ge=0)
     """Generative tasks: how many eval examples are generated for the metrics (None: all; 0: loss only)."""
     max_new_tokens: int = Field(64, gt=0)
@@ -128,6 +141,10 @@ class RunConfig(_Strict):
     data: DataConfig
     train: TrainConfig = TrainConfig()
     output_dir: str = "runs/run"
+    trust_remote_code: bool = False
+    """Let a model folder / hub repo run its own Python code (off: only transformers' own architectures)."""
+    allow_pickle_weights: bool = False
+    """Read model weights from pickle (.bin) files when a model has no safetensors (pickle can run code)."""
 
     @model_validator(mode="after")
     def _check_method(self) -> RunConfig:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from leantune.data.bad_rows import BadRows
 from leantune.errors import LeantuneError
 
 Record = dict[str, Any]
@@ -40,9 +41,24 @@ def _open_text(path: Path):
     return opener(path, "rt", encoding="utf-8", newline="")
 
 
+def _lines(path: Path, bad: BadRows) -> Iterator[str]:
+    """The file's lines, decoded one by one, so invalid UTF-8 is reported with its line number; a skipped line
+    reads as an empty one (line numbers stay right, readers skip blank lines)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad(f"{path}:{i}", f"not valid UTF-8 (byte {e.start} of the line); re-encode the file as UTF-8")
+                yield "\n"
+
+
 def read_records(path: str, fmt: str = "auto", split: str = "train", label_column: str = "label",
-                 text_column: str = "text") -> list[Record]:
-    """All records of ``path`` as dicts; ``lines`` files give ``{label_column, text_column}``."""
+                 text_column: str = "text", bad: BadRows | None = None) -> list[Record]:
+    """All records of ``path`` as dicts; ``lines`` files give ``{label_column, text_column}``. Malformed rows go
+    to ``bad`` (default: an error naming the file and line)."""
+    bad = bad or BadRows("error")
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "hf":
         return list(_read_hf(path, split))
@@ -51,48 +67,61 @@ def read_records(path: str, fmt: str = "auto", split: str = "train", label_colum
         raise LeantuneError(f"data file not found: {path}")
     try:
         if fmt in ("csv", "tsv"):
-            return list(_read_csv(p, "\t" if fmt == "tsv" else ","))
+            return list(_read_csv(p, "\t" if fmt == "tsv" else ",", bad))
         if fmt == "jsonl":
-            return list(_read_jsonl(p))
+            return list(_read_jsonl(p, bad))
         if fmt == "json":
             return _read_json(p)
         if fmt == "parquet":
             return _read_parquet(p)
         if fmt == "lines":
-            return list(_read_lines(p, label_column, text_column))
+            return list(_read_lines(p, label_column, text_column, bad))
         if fmt == "text":
-            return list(_read_text(p, text_column))
+            return list(_read_text(p, text_column, bad))
     except UnicodeDecodeError as e:
         raise LeantuneError(f"{path}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8.") from None
     raise LeantuneError(f"unknown data format '{fmt}'")
 
 
-def _read_csv(path: Path, delimiter: str) -> Iterator[Record]:
-    with _open_text(path) as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if not reader.fieldnames:
-            raise LeantuneError(f"{path}: empty file (no header row).")
+def _read_csv(path: Path, delimiter: str, bad: BadRows) -> Iterator[Record]:
+    reader = csv.DictReader(_lines(path, bad), delimiter=delimiter)
+    try:
+        header = reader.fieldnames
+    except csv.Error as e:
+        raise LeantuneError(f"{path}:1: malformed header row ({e}).") from None
+    if not header:
+        raise LeantuneError(f"{path}: empty file (no header row).")
+    while True:
         try:
-            for row in reader:
-                if None in row:
-                    raise LeantuneError(f"{path}:{reader.line_num}: more fields than the header has columns.")
-                yield {**row, "_source": f"{path}:{reader.line_num}"}
+            row = next(reader)
+        except StopIteration:
+            return
         except csv.Error as e:
-            raise LeantuneError(f"{path}:{reader.line_num}: malformed row ({e}).") from None
+            bad(f"{path}:{reader.line_num}", f"malformed row ({e})")
+            continue
+        source = f"{path}:{reader.line_num}"
+        if None in row:
+            bad(source, f"more fields than the header's {len(header)} columns")
+        elif any(v is None for v in row.values()):
+            missing = [k for k, v in row.items() if v is None]
+            bad(source, f"fewer fields than the header: no value for {missing}")
+        else:
+            yield {**row, "_source": source}
 
 
-def _read_jsonl(path: Path) -> Iterator[Record]:
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LeantuneError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno}).") from None
-            if not isinstance(obj, dict):
-                raise LeantuneError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}.")
-            yield {**obj, "_source": f"{path}:{i}"}
+def _read_jsonl(path: Path, bad: BadRows) -> Iterator[Record]:
+    for i, line in enumerate(_lines(path, bad), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad(f"{path}:{i}", f"invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(obj, dict):
+            bad(f"{path}:{i}", f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        yield {**obj, "_source": f"{path}:{i}"}
 
 
 def _read_json(path: Path) -> list[Record]:
@@ -121,23 +150,21 @@ def _read_parquet(path: Path) -> list[Record]:
     return [{**r, "_source": f"{path}:row {i + 1}"} for i, r in enumerate(rows)]
 
 
-def _read_lines(path: Path, label_column: str, text_column: str) -> Iterator[Record]:
+def _read_lines(path: Path, label_column: str, text_column: str, bad: BadRows) -> Iterator[Record]:
     """``LABEL TEXT`` per line (fastText's ``__label__x text`` too)."""
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split(None, 1)
-            label = parts[0].removeprefix("__label__")
-            yield {label_column: label, text_column: parts[1] if len(parts) > 1 else "", "_source": f"{path}:{i}"}
+    for i, line in enumerate(_lines(path, bad), 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        parts = line.split(None, 1)
+        label = parts[0].removeprefix("__label__")
+        yield {label_column: label, text_column: parts[1] if len(parts) > 1 else "", "_source": f"{path}:{i}"}
 
 
-def _read_text(path: Path, column: str) -> Iterator[Record]:
+def _read_text(path: Path, column: str, bad: BadRows) -> Iterator[Record]:
     """One example per line (parallel corpora); every line is kept, empty ones too, so files stay aligned."""
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            yield {column: line.rstrip("\n"), "_source": f"{path}:{i}"}
+    for i, line in enumerate(_lines(path, bad), 1):
+        yield {column: line.rstrip("\r\n"), "_source": f"{path}:{i}"}
 
 
 def _read_hf(path: str, split: str) -> Iterator[Record]:

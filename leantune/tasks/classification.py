@@ -21,11 +21,13 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from leantune.config import RunConfig
+from leantune.data.bad_rows import BadRows
 from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.cleaning import clean_records
 from leantune.data.labels import build_label_map, stratified_split
 from leantune.data.readers import read_records
 from leantune.errors import LeantuneError
+from leantune.models.loading import pretrained
 
 # --------------------------------------------------------------------------------------------- model
 
@@ -77,20 +79,21 @@ class SentenceClassifier(nn.Module):
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
 
 
-def build_classifier(path: str, num_labels: int, pooling: str, pad_token_id: int | None) -> nn.Module:
+def build_classifier(path: str, num_labels: int, pooling: str, pad_token_id: int | None,
+                     cfg: RunConfig | None = None) -> nn.Module:
     """The classification model for ``path`` with ``num_labels`` outputs (see module docstring for pooling)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     if pooling == "auto":
         pooling = sentence_transformers_pooling(path) or "model"
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=bool(cfg and cfg.trust_remote_code))
     if pooling in ("mean", "cls") and not getattr(config, "is_encoder_decoder", False):
         try:
-            backbone = AutoModel.from_pretrained(path, add_pooling_layer=False)
+            backbone = pretrained(AutoModel, path, cfg, add_pooling_layer=False)
         except TypeError:
-            backbone = AutoModel.from_pretrained(path)
+            backbone = pretrained(AutoModel, path, cfg)
         return SentenceClassifier(backbone, num_labels, pooling)
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, pad_token_id=pad_token_id)
+    return pretrained(AutoModelForSequenceClassification, path, cfg, num_labels=num_labels, pad_token_id=pad_token_id)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -117,6 +120,14 @@ def _label_values(rec: dict[str, Any], cfg: RunConfig) -> list[str]:
     return [str(value)]
 
 
+def _has_label(rec: dict[str, Any], cfg: RunConfig, bad: BadRows) -> bool:
+    try:
+        return bool(_label_values(rec, cfg)) or cfg.data.multi_label
+    except LeantuneError:
+        bad(rec["_source"], f"no value in label column '{cfg.data.label_column}'")
+        return False
+
+
 def _check_columns(records: list[dict[str, Any]], cfg: RunConfig, path: str, need_label: bool = True) -> None:
     if not records:
         raise LeantuneError(f"{path}: no examples.")
@@ -131,10 +142,14 @@ def _check_columns(records: list[dict[str, Any]], cfg: RunConfig, path: str, nee
 
 
 def _read(cfg: RunConfig, path: str, split: str, need_label: bool = True, dedup: bool = True,
-          fmt: str | None = None) -> tuple[list[dict], Counter]:
-    """Read and clean one file. Duplicates are dropped from training data only: eval sets stay as given."""
-    records = read_records(path, fmt or cfg.data.format, split, cfg.data.label_column, cfg.data.text_column)
+          fmt: str | None = None, bad: BadRows | None = None) -> tuple[list[dict], Counter]:
+    """Read and clean one file. Duplicates are dropped from training data only: eval sets stay as given.
+    Malformed rows and rows without a label go to ``bad`` (an error, or a counted skip)."""
+    bad = bad or BadRows(cfg.data.on_bad_rows)
+    records = read_records(path, fmt or cfg.data.format, split, cfg.data.label_column, cfg.data.text_column, bad)
     _check_columns(records, cfg, path, need_label)
+    if need_label:
+        records = [r for r in records if _has_label(r, cfg, bad)]
     fields = [cfg.data.text_column] + ([cfg.data.text_pair_column] if cfg.data.text_pair_column else [])
     clean = cfg.data.clean if dedup else cfg.data.clean.model_copy(update={"drop_duplicates": False})
     kept, report = clean_records(records, clean, fields)
@@ -143,13 +158,15 @@ def _read(cfg: RunConfig, path: str, split: str, need_label: bool = True, dedup:
     return kept, report
 
 
-def load_classification_data(cfg: RunConfig, labels: list[str] | None = None) -> ClassificationData:
+def load_classification_data(cfg: RunConfig, labels: list[str] | None = None,
+                             bad: BadRows | None = None) -> ClassificationData:
     """Read, clean, split and label the train/eval data; every drop is counted in ``report``."""
-    train, train_report = _read(cfg, cfg.data.train, cfg.data.train_split)
+    bad = bad or BadRows(cfg.data.on_bad_rows)
+    train, train_report = _read(cfg, cfg.data.train, cfg.data.train_split, bad=bad)
     report: dict[str, Any] = {"train_read": len(train) + sum(train_report.values()), "train_dropped": dict(train_report)}
     if cfg.data.eval or cfg.data.eval_split:
         eval_path = cfg.data.eval or cfg.data.train
-        evals, eval_report = _read(cfg, eval_path, cfg.data.eval_split or "validation", dedup=False)
+        evals, eval_report = _read(cfg, eval_path, cfg.data.eval_split or "validation", dedup=False, bad=bad)
         report.update(eval_read=len(evals) + sum(eval_report.values()), eval_dropped=dict(eval_report))
     else:
         strat = [tuple(_label_values(r, cfg)) for r in train]
@@ -160,19 +177,30 @@ def load_classification_data(cfg: RunConfig, labels: list[str] | None = None) ->
     labels = labels or build_label_map(train_labels)
     if len(labels) < 2 and not cfg.data.multi_label:
         raise LeantuneError(f"{cfg.data.train}: only one label ({labels}); classification needs at least two.")
-    check_known_labels(evals, cfg, labels)
+    evals = check_known_labels(evals, cfg, labels, bad)
+    if not evals:
+        raise LeantuneError(f"{cfg.data.eval or cfg.data.train}: no eval examples left ({bad.report()}).")
+    if bad.total:
+        report["bad_rows_skipped"] = bad.report()
+        print(f"leantune: skipped {bad.total} bad rows: {bad.report()}", file=sys.stderr, flush=True)
     report.update(train=len(train), eval=len(evals), labels=len(labels))
     return ClassificationData(labels=labels, train=train, eval=evals, report=report)
 
 
-def check_known_labels(records: list[dict[str, Any]], cfg: RunConfig, labels: list[str]) -> None:
-    """Refuse labels the model was not trained on, naming the first record that has one."""
+def check_known_labels(records: list[dict[str, Any]], cfg: RunConfig, labels: list[str],
+                       bad: BadRows | None = None) -> list[dict[str, Any]]:
+    """The records whose labels the model was trained on; the others are an error naming the first one (or, with
+    ``on_bad_rows: skip``, dropped and counted)."""
+    bad = bad or BadRows(cfg.data.on_bad_rows)
     known = set(labels)
-    unseen = Counter(v for r in records for v in _label_values(r, cfg) if v not in known)
-    if unseen:
-        example = next(r["_source"] for r in records if any(v not in known for v in _label_values(r, cfg)))
-        raise LeantuneError(f"{example}: label(s) {sorted(unseen)} never appear in the training data "
-                            f"(training labels: {labels}).")
+    kept = []
+    for r in records:
+        unseen = sorted(v for v in _label_values(r, cfg) if v not in known)
+        if unseen:
+            bad(r["_source"], f"label(s) {unseen} never appear in the training data (training labels: {labels})")
+        else:
+            kept.append(r)
+    return kept
 
 
 def encode(records: list[dict[str, Any]], tokenizer: Any, cfg: RunConfig, labels: list[str] | None,
@@ -334,7 +362,7 @@ class ClassificationTask:
 
     def build_model(self, path: str) -> nn.Module:
         assert self.labels is not None
-        return build_classifier(path, len(self.labels), self.cfg.pooling, self.pad_id)
+        return build_classifier(path, len(self.labels), self.cfg.pooling, self.pad_id, self.cfg)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """(summed loss, number of examples) of one micro-batch."""
@@ -363,7 +391,7 @@ class ClassificationTask:
         if dropped:
             print(f"leantune: {path}: skipped {dict(dropped)}", file=sys.stderr, flush=True)
         if need_labels:
-            check_known_labels(kept, self.cfg, self.labels or [])
+            kept = check_known_labels(kept, self.cfg, self.labels or [])
         return kept, encode(kept, self.tokenizer, self.cfg, self.labels if need_labels else None)
 
     def evaluate_file(self, model: nn.Module, records: list[dict], features: list[dict],

@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from leantune.config import RunConfig
+from leantune.data.bad_rows import BadRows
 from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.labels import stratified_split
 from leantune.data.writers import write_jsonl
 from leantune.errors import LeantuneError
+from leantune.models.loading import pretrained
 from leantune.tasks.instruction import answers_of, read_qa_records
 from leantune.tasks.qa_metrics import qa_scores
 
@@ -94,7 +96,7 @@ class ExtractiveQATask:
         return self.tokenizer.pad_token_id
 
     def read(self, path: str, split: str) -> list[dict[str, Any]]:
-        records = read_qa_records(path, self.cfg.data.format, split)
+        records = read_qa_records(path, self.cfg.data.format, split, BadRows(self.cfg.data.on_bad_rows))
         if not records:
             raise LeantuneError(f"{path}: no questions.")
         for key in ("context", "question"):
@@ -150,7 +152,7 @@ class ExtractiveQATask:
     def build_model(self, path: str) -> nn.Module:
         from transformers import AutoModelForQuestionAnswering
 
-        return AutoModelForQuestionAnswering.from_pretrained(path)
+        return pretrained(AutoModelForQuestionAnswering, path, self.cfg)
 
     @staticmethod
     def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -30,12 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from leantune.config import RunConfig
+from leantune.data.bad_rows import BadRows
 from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.labels import stratified_split
 from leantune.data.writers import write_jsonl
 from leantune.errors import LeantuneError
 from leantune.generate import generate
 from leantune.kernels.linear_cross_entropy import fusable_head, hidden_states_as_logits, linear_cross_entropy
+from leantune.models.loading import pretrained
 
 
 @dataclass
@@ -89,6 +91,7 @@ class GenerativeTask:
         )
         if cfg.data.template == "chat" and not self.use_chat:
             raise LeantuneError(f"data.template is 'chat' but the tokenizer of {cfg.model} has no chat template.")
+        self.bad = BadRows(cfg.data.on_bad_rows)
         self.eval_examples: list[Example] = []
         self.last_predictions: list[dict[str, Any]] = []
 
@@ -175,6 +178,9 @@ class GenerativeTask:
         train_f = [self.encode(e, truncated) for e in train]
         eval_f = [self.encode(e, truncated) for e in evals]
         self.report.update(train=len(train), eval=len(evals), truncated=truncated["truncated to max_length"])
+        if self.bad.total:
+            self.report["bad_rows_skipped"] = self.bad.report()
+            print(f"leantune: skipped {self.bad.total} bad rows: {self.bad.report()}", file=sys.stderr, flush=True)
         return train_f, eval_f
 
     def _drop_report(self, path: str, dropped: Counter) -> None:
@@ -187,7 +193,7 @@ class GenerativeTask:
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-        model = cls.from_pretrained(path)
+        model = pretrained(cls, path, self.cfg)
         model.config.use_cache = False  # no KV cache while training; generation asks for it explicitly
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.pad_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from leantune.data.bad_rows import BadRows
 from leantune.data.readers import FILE_FORMATS, read_records
 from leantune.errors import LeantuneError
 from leantune.tasks.generative import Example, GenerativeTask
@@ -56,7 +57,7 @@ def squad_records(path: str) -> list[dict[str, Any]]:
     return out
 
 
-def read_qa_records(path: str, fmt: str, split: str) -> list[dict[str, Any]]:
+def read_qa_records(path: str, fmt: str, split: str, bad: BadRows | None = None) -> list[dict[str, Any]]:
     """SQuAD JSON, or any file format whose records have context/question/answers."""
     if fmt in ("squad", "auto") and path.endswith(".json"):
         try:
@@ -64,7 +65,7 @@ def read_qa_records(path: str, fmt: str, split: str) -> list[dict[str, Any]]:
         except LeantuneError:
             if fmt == "squad":
                 raise
-    return read_records(path, fmt if fmt in FILE_FORMATS else "auto", split)
+    return read_records(path, fmt if fmt in FILE_FORMATS else "auto", split, bad=bad)
 
 
 def answers_of(rec: dict[str, Any]) -> list[str]:
@@ -85,14 +86,19 @@ class InstructionTask(GenerativeTask):
     def read_examples(self, path: str, target_path: str | None, split: str,
                       need_target: bool = True) -> list[Example]:
         fmt = self.cfg.data.format
-        records = read_qa_records(path, fmt, split)
+        records = read_qa_records(path, fmt, split, self.bad)
         if not records:
             raise LeantuneError(f"{path}: no examples.")
         style = fmt if fmt in ("alpaca", "chat", "prompt_completion", "squad") else detect_style(records[0])
         examples: list[Example] = []
         dropped: Counter = Counter()
         for rec in records:
-            for ex in self._to_examples(rec, style, need_target):
+            try:
+                converted = self._to_examples(rec, style, need_target)
+            except LeantuneError as e:
+                self.bad.handle(e, rec.get("_source", path), str(e).split(": ", 1)[-1])
+                continue
+            for ex in converted:
                 if (need_target and not ex.response.strip()) or not any(m["content"].strip() for m in ex.messages):
                     dropped["empty prompt or response"] += 1
                     continue

@@ -32,16 +32,17 @@ class TranslationTask(GenerativeTask):
             if need_target:
                 raise LeantuneError(f"{path} holds plain sentences: give the aligned translations as "
                                     "data.train_target / data.eval_target (or --target).")
-            pairs = [(r["source"], "", r["_source"]) for r in read_records(path, "text", split, text_column="source")]
+            pairs = [(r["source"], "", r["_source"]) for r in read_records(path, "text", split, text_column="source",
+                                                                           bad=self.bad)]
         elif target_path:
-            sources = read_records(path, "text", split, text_column="source")
-            targets = read_records(target_path, "text", split, text_column="target")
+            sources = read_records(path, "text", split, text_column="source", bad=self.bad)
+            targets = read_records(target_path, "text", split, text_column="target", bad=self.bad)
             if len(sources) != len(targets):
                 raise LeantuneError(f"{path} has {len(sources)} lines but {target_path} has {len(targets)}: "
                                     "parallel files must be aligned line by line.")
             pairs = [(s["source"], t["target"], s["_source"]) for s, t in zip(sources, targets, strict=True)]
         else:
-            records = read_records(path, fmt, split)
+            records = read_records(path, fmt, split, bad=self.bad)
             if records and (d.source_column not in records[0] or d.target_column not in records[0]):
                 have = [k for k in records[0] if k != "_source"]
                 raise LeantuneError(f"{records[0]['_source']}: needs columns '{d.source_column}' and "

@@ -23,6 +23,24 @@ class RunLogger:
 
             self.bar = tqdm(total=total_steps, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr)
 
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows logged after ``step`` (a resumed run logs those steps again)."""
+        self.file.close()
+        rows = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = []
+        for line in rows:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a row cut short by the crash
+                continue
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.path)
+        self.file = self.path.open("a", encoding="utf-8")
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
     def log(self, row: dict[str, Any]) -> None:
         row = {**row, "elapsed_s": round(time.perf_counter() - self.start, 3)}
         self.file.write(json.dumps(row) + "\n")

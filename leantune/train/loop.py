@@ -24,10 +24,27 @@ from leantune.models.quantize import quantize_model, resolve_backend
 from leantune.models.registry import resolve_model
 from leantune.tasks import make_task
 from leantune.train.checkpointing import enable_activation_checkpointing
+from leantune.train.checkpoints import (
+    LoopState,
+    candidates,
+    restore_trainable,
+    save_checkpoint,
+    set_rng_state,
+)
+from leantune.train.guards import SpikeDetector, TrainingInterrupted, stop_requests
 from leantune.train.logger import RunLogger, plot_run
 from leantune.train.memory import heap_trimmer, peak_memory
 from leantune.train.optim import build_optimizer, build_scheduler
-from leantune.train.runs import load_tokenizer, prepare_output_dir
+from leantune.train.runs import (
+    atomic_write_text,
+    find_resume_point,
+    load_best,
+    load_tokenizer,
+    preflight,
+    prepare_output_dir,
+    save_best,
+    warn_if_low_disk,
+)
 
 
 @dataclass
@@ -71,15 +88,19 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_batches(features: list[dict], batch_size: int, seed: int, pad_id: int,
-                  pack_length: int | None = None) -> Iterator[dict]:
+                  pack_length: int | None = None, start: int = 0) -> Iterator[dict]:
     """Length-grouped, freshly shuffled batches, epoch after epoch; with ``pack_length``, batches of packed rows
-    (re-packed each epoch)."""
+    (re-packed each epoch). ``start`` skips that many batches (a resumed run continues with the next one)."""
     epoch = 0
     while True:
         rows = pack_examples(features, pack_length, seed=seed + epoch) if pack_length else features
         lengths = [len(f["input_ids"]) for f in rows]
         batches = length_grouped_batches(lengths, batch_size, seed=seed + epoch)
-        yield from iterate_batches(rows, batches, pad_id)
+        if start >= len(batches):
+            start -= len(batches)
+        else:
+            yield from iterate_batches(rows, batches[start:], pad_id)
+            start = 0
         epoch += 1
 
 
@@ -121,10 +142,15 @@ def accumulate_gradients(model: torch.nn.Module, task: Any, micro: list[dict], d
     return step_loss, tokens
 
 
-def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> RunResult:
-    """Run one fine-tune as ``cfg`` describes and write its run folder."""
+def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resume: bool = False) -> RunResult:
+    """Run one fine-tune as ``cfg`` describes and write its run folder; ``resume`` continues it from its newest
+    good checkpoint, exactly where it stopped."""
     tc = cfg.train
-    run_dir = prepare_output_dir(Path(cfg.output_dir), overwrite)
+    run_dir = Path(cfg.output_dir)
+    checkpoint = find_resume_point(run_dir, cfg) if resume else None
+    if checkpoint is None:
+        prepare_output_dir(run_dir, overwrite)
+    warn_if_low_disk(run_dir)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     seed_everything(tc.seed)
@@ -133,11 +159,13 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
 
     # 1. data
     model_path = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(model_path)
+    preflight(cfg, model_path)  # a method the model cannot take fails here, before any weights load
+    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     task = make_task(cfg, tokenizer, model_path=model_path)
     train_features, eval_features = task.prepare()
     dump_config(cfg, run_dir / "config.yaml")
-    task.save_artifacts(run_dir)
+    if checkpoint is None:
+        task.save_artifacts(run_dir)
 
     # 2. model + adapter
     model, quantized = prepare_model(cfg, task, model_path, device)
@@ -156,83 +184,135 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False) -> R
     metric = tc.metric or task.default_metric
 
     logger = RunLogger(run_dir, total_steps, quiet)
-    logger.message(
-        f"leantune: {cfg.method} on {cfg.model} ({cfg.task}): {trainable:,} of {total:,} parameters trained "
-        f"({100 * trainable / total:.3f}%); {len(train_features)} train / {len(eval_features)} eval examples; "
-        f"{total_steps} steps on {device.type}"
-    )
-    if quantized:
-        logger.message(f"quantized {quantized['layers']} linear layers to {quantized['kind']} "
-                       f"({quantized['backend']}): "
-                       f"{quantized['bytes_before'] / 2**20:.0f} MB -> {quantized['bytes_after'] / 2**20:.0f} MB")
-    logger.log({"step": 0, "data": task.report, "trainable": trainable, "total": total, "quantized": quantized})
+    state = LoopState()
+    if checkpoint is not None:  # continue exactly: weights, optimizer, schedule, RNG, data position, bookkeeping
+        restore_trainable(model, checkpoint.trainable, checkpoint.path)
+        optimizer.load_state_dict(checkpoint.optimizer["optimizer"])
+        scheduler.load_state_dict(checkpoint.optimizer["scheduler"])
+        state = checkpoint.state
+        logger.truncate_after(state.step)
+        logger.message(f"leantune: resuming {run_dir} from {checkpoint.path.name} (step {state.step} of {total_steps})")
+        logger.log({"step": state.step, "resumed_from": checkpoint.path.name})
+    else:
+        logger.message(
+            f"leantune: {cfg.method} on {cfg.model} ({cfg.task}): {trainable:,} of {total:,} parameters trained "
+            f"({100 * trainable / total:.3f}%); {len(train_features)} train / {len(eval_features)} eval examples; "
+            f"{total_steps} steps on {device.type}"
+        )
+        if quantized:
+            logger.message(f"quantized {quantized['layers']} linear layers to {quantized['kind']} "
+                           f"({quantized['backend']}): {quantized['bytes_before'] / 2**20:.0f} MB -> "
+                           f"{quantized['bytes_after'] / 2**20:.0f} MB")
+        logger.log({"step": 0, "data": task.report, "trainable": trainable, "total": total, "quantized": quantized})
 
-    # 4. evaluate the starting point (untrained head / zero-shot)
-    before = task.evaluate(model, eval_features, device) if tc.eval_before or total_steps == 0 else {}
-    if before:
-        logger.log({"step": 0, "eval": task.headline(before)})
-    best_value, best_step, best_state, bad_evals = before.get(metric), 0, None, 0
+        # 4. evaluate the starting point (untrained head / zero-shot)
+        state.before = task.evaluate(model, eval_features, device) if tc.eval_before or total_steps == 0 else {}
+        if state.before:
+            logger.log({"step": 0, "eval": task.headline(state.before)})
+        state.best_value = state.before.get(metric)
+    best_state = None
 
     # 5. optimise
     model.train()
     trim_heap = heap_trimmer(device)
-    batches = epoch_batches(train_features, tc.batch_size, tc.seed, task.pad_id, tc.max_length if tc.packing else None)
+    batches = epoch_batches(train_features, tc.batch_size, tc.seed, task.pad_id,
+                            tc.max_length if tc.packing else None, start=state.micro_batches)
+    if checkpoint is not None:
+        set_rng_state(checkpoint.rng)  # after everything that draws random numbers while setting up
+    params = [p for p in model.parameters() if p.requires_grad]
+    spikes = SpikeDetector(tc.spike_factor)
     t0 = time.perf_counter()
-    tokens_since, time_since, loss_since, n_since = 0, time.perf_counter(), 0.0, 0
-    step = 0
-    while step < total_steps:
-        micro = [next(batches) for _ in range(tc.grad_accum)]
-        step_loss, tokens = accumulate_gradients(model, task, micro, device, amp_dtype)
-        tokens_since += tokens
-        if tc.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        trim_heap()
-        step += 1
-        loss_since += step_loss
-        n_since += 1
+    time_since = time.perf_counter()
+    with stop_requests() as stop:
+        while state.step < total_steps:
+            micro = [next(batches) for _ in range(tc.grad_accum)]
+            state.micro_batches += tc.grad_accum
+            step_loss, tokens = accumulate_gradients(model, task, micro, device, amp_dtype)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm or math.inf)
+            if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
+                # 6a. numerical guard: skip the update, keep the weights, stop if it keeps happening
+                optimizer.zero_grad(set_to_none=True)
+                state.nonfinite_steps += 1
+                logger.log({"step": state.step, "skipped": "non-finite loss or gradients", "loss": step_loss})
+                logger.message(f"warning: step {state.step + 1}: loss {step_loss} / gradient norm {float(grad_norm)} "
+                               f"is not finite; update skipped ({state.nonfinite_steps} of at most "
+                               f"{tc.max_nonfinite_steps})")
+                if state.nonfinite_steps >= tc.max_nonfinite_steps:
+                    latest = candidates(run_dir)
+                    raise LeantuneError(
+                        f"training diverged: {state.nonfinite_steps} steps with NaN/Inf loss or gradients. Lower "
+                        f"train.lr, check the data, or use precision fp32. "
+                        + (f"The last good checkpoint is {latest[0]}." if latest else "No checkpoint was written."))
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            trim_heap()
+            state.step += 1
+            step = state.step
+            window = state.window
+            window["loss"] += step_loss
+            window["steps"] += 1
+            window["tokens"] += tokens
+            if spikes.is_spike(step_loss):
+                logger.log({"step": step, "loss_spike": round(step_loss / spikes.median, 2)})
+                logger.message(f"warning: step {step}: loss {step_loss:.4f} is {step_loss / spikes.median:.1f}x "
+                               "the recent median")
 
-        if step % tc.log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - time_since
-            tok_s = tokens_since / max(elapsed, 1e-9)
-            lr = scheduler.get_last_lr()[0]
-            logger.log({"step": step, "loss": loss_since / n_since, "lr": lr, "tokens": tokens_since,
-                        "tokens_per_s": round(tok_s, 1), **peak_memory(device)})
-            logger.step(step, loss_since / n_since, lr, tok_s)
-            tokens_since, time_since, loss_since, n_since = 0, time.perf_counter(), 0.0, 0
+            if step % tc.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - time_since
+                tok_s = window["tokens"] / max(elapsed, 1e-9)
+                lr = scheduler.get_last_lr()[0]
+                mean_loss = window["loss"] / window["steps"]
+                logger.log({"step": step, "loss": mean_loss, "lr": lr, "tokens": window["tokens"],
+                            "tokens_per_s": round(tok_s, 1), **peak_memory(device)})
+                logger.step(step, mean_loss, lr, tok_s)
+                state.window = {"loss": 0.0, "steps": 0, "tokens": 0}
+                time_since = time.perf_counter()
 
-        if tc.eval_every and step % tc.eval_every == 0 and step < total_steps:
-            metrics = task.evaluate(model, eval_features, device)
-            logger.log({"step": step, "eval": task.headline(metrics)})
-            logger.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in task.headline(metrics).items()))
-            if _improved(metrics.get(metric), best_value, metric):
-                best_value, best_step, bad_evals = metrics[metric], step, 0
-                best_state = _snapshot(model)
-                lt.save_adapter(model, run_dir / "checkpoint-best")
-            else:
-                bad_evals += 1
-                if tc.early_stopping_patience and bad_evals >= tc.early_stopping_patience:
-                    logger.message(f"early stopping at step {step}: no {metric} gain for {bad_evals} evaluations")
-                    break
+            if tc.eval_every and step % tc.eval_every == 0 and step < total_steps:
+                metrics = task.evaluate(model, eval_features, device)
+                logger.log({"step": step, "eval": task.headline(metrics)})
+                logger.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in task.headline(metrics).items()))
+                if _improved(metrics.get(metric), state.best_value, metric):
+                    state.best_value, state.best_step, state.bad_evals = metrics[metric], step, 0
+                    best_state = _snapshot(model)
+                    save_best(run_dir, model)
+                else:
+                    state.bad_evals += 1
+                    if tc.early_stopping_patience and state.bad_evals >= tc.early_stopping_patience:
+                        logger.message(f"early stopping at step {step}: no {metric} gain for {state.bad_evals} "
+                                       "evaluations")
+                        break
+
+            if stop.requested or (tc.save_every and step % tc.save_every == 0 and step < total_steps):
+                path = save_checkpoint(run_dir, model, optimizer, scheduler, state, tc.keep_last)
+                if stop.requested:
+                    logger.close()
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.requested} after step {step} of {total_steps}; checkpoint {path}. "
+                        f"Continue with: leantune train CONFIG --resume   (output_dir {run_dir})")
     train_seconds = time.perf_counter() - t0
     memory = peak_memory(device)
+    step = state.step
+    if step > 0:  # the end state, so a longer run can resume from it
+        save_checkpoint(run_dir, model, optimizer, scheduler, state, tc.keep_last)
 
     # 6. final evaluation; keep the best weights if an earlier evaluation beat the end
+    before = state.before
     after = task.evaluate(model, eval_features, device) if step > 0 else before
-    if best_state is not None and not _improved(after.get(metric), best_value, metric, strict=False):
-        _restore(model, best_state)
+    if state.best_step and not _improved(after.get(metric), state.best_value, metric, strict=False):
+        _restore(model, best_state if best_state is not None else load_best(run_dir))
         after = task.evaluate(model, eval_features, device)
-        logger.message(f"kept the best checkpoint (step {best_step}, {metric} {best_value:.4f})")
+        logger.message(f"kept the best checkpoint (step {state.best_step}, {metric} {state.best_value:.4f})")
     logger.log({"step": step, "eval": task.headline(after), "final": True, "train_seconds": round(train_seconds, 1),
                 **memory})
     logger.close()
 
-    # 7. save
+    # 7. save the adapter, metrics, plot
     lt.save_adapter(model, run_dir / "adapter")
     task.finish(run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(after, indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(after, indent=2) + "\n")
     plot_run(run_dir / "train_log.jsonl", run_dir / "loss.png", metric)
     return RunResult(run_dir, before, after, trainable, total, step, train_seconds, task.report, memory)
 
