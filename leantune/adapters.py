@@ -30,6 +30,7 @@ from leantune.methods.base import (
 )
 from leantune.models.quantize import dequantize_model, is_quantized, quantized_weight_count
 from leantune.models.targets import default_head_modules
+from leantune.train.distributed import full_tensor
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -174,8 +175,12 @@ def task_type(model: nn.Module) -> str | None:
     return None
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> Path:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (peft's format) atomically to ``path``."""
+def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None,
+                 write: bool = True) -> Path:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (peft's format) atomically to ``path``.
+
+    Sharded (FSDP) parameters are gathered whole first, which every rank must take part in: call it on every
+    rank with ``write`` true on one of them only."""
     state = require_state(model)
     name = adapter_name or state.active
     if name not in state.configs:
@@ -185,8 +190,11 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     config = state.configs[name].peft_dict(resolved)
     base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     config.update(base_model_name_or_path=base_name, task_type=task_type(model), inference_mode=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in method.save_tensors(model, name).items()}
+    tensors = {k: full_tensor(v.detach()).to("cpu").contiguous().clone()
+               for k, v in method.save_tensors(model, name).items()}
     out = Path(path)
+    if not write:
+        return out
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
     _atomic_write(out / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))

@@ -38,15 +38,27 @@ def _print_metrics(title: str, metrics: dict) -> None:
     print(title + ": " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def argv_of(args: argparse.Namespace) -> list[str]:
+    """The train command's arguments, to hand to torchrun."""
+    out = ["--debug"] if args.debug else []
+    out += ["train", args.config, *(x for kv in args.set for x in ("--set", kv))]
+    return out + [flag for flag, on in (("--overwrite", args.overwrite), ("--quiet", args.quiet),
+                                        ("--resume", args.resume)) if on]
+
+
+def cmd_train(args: argparse.Namespace) -> int | None:
     """Fine-tune as a YAML config describes."""
     from leantune.config import load_config
     from leantune.train.loop import fine_tune
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set)  # a bad config fails here, before any process starts
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args.nproc, argv_of(args))
     if args.resume and args.overwrite:
         raise LeantuneError("--resume continues the run in output_dir and --overwrite deletes it: choose one.")
     result = fine_tune(cfg, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the first process reports
+        return None
     if result.before:
         _print_metrics("before", result.before)
     _print_metrics("after ", result.after)
@@ -56,6 +68,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"skipped {total} bad rows: " + "; ".join(f"{n['rows']} x {reason} (first: {n['first']})"
                                                        for reason, n in skipped.items()))
     print(f"run folder: {result.run_dir}  (adapter/, metrics.json, train_log.jsonl, loss.png)")
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run ``leantune ARGV`` under ``torchrun --standalone --nproc_per_node nproc``; return its exit code."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "leantune", *argv]
+    print("leantune: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    return subprocess.call(cmd)
 
 
 def cmd_estimate(args: argparse.Namespace) -> None:
@@ -151,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest checkpoint")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine (launches torchrun; distributed.strategy picks "
+                        "ddp or fsdp)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=cmd_train)
 
@@ -203,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    func: Callable[[argparse.Namespace], None] = args.func
+    func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        func(args)
+        code = func(args)
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 130
@@ -217,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -123,6 +123,16 @@ class TrainConfig(_Strict):
     max_answer_length: int = Field(30, gt=0)
 
 
+class DistributedConfig(_Strict):
+    """Multi-process training (launched by torchrun, or ``leantune train CONFIG --nproc N``)."""
+
+    strategy: Literal["none", "ddp", "fsdp"] = "none"
+    """ddp: every process holds the model, only trainable parameters are synchronised; fsdp: FSDP2 shards every
+    transformer block (for bases too large for one device). none under torchrun means ddp."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """auto: NCCL on CUDA, gloo on CPU."""
+
+
 class RunConfig(_Strict):
     """A whole fine-tuning run."""
 
@@ -140,6 +150,7 @@ class RunConfig(_Strict):
     """Classification pooling; auto: what a sentence-transformers checkpoint was trained with, else the model's own."""
     data: DataConfig
     train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
     output_dir: str = "runs/run"
     trust_remote_code: bool = False
     """Let a model folder / hub repo run its own Python code (off: only transformers' own architectures)."""

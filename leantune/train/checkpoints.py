@@ -5,9 +5,9 @@ never stopped:
 
 * ``trainable.safetensors`` — every trainable tensor (adapter and head) by its name in the model;
 * ``adapter/`` — the same weights as a peft-format adapter, usable on its own (``lt.load_adapter``, HF peft);
-* ``optimizer.pt`` — optimizer and learning-rate schedule state (tensors and numbers only: loaded with
-  ``torch.load(weights_only=True)``, no pickled code);
-* ``rng.pt`` — Python, NumPy, torch (and CUDA) random states;
+* ``optimizer-rank{r}.pt`` — optimizer (this process's shard under FSDP) and learning-rate schedule state (tensors
+  and numbers only: loaded with ``torch.load(weights_only=True)``, no pickled code);
+* ``rng-rank{r}.pt`` — Python, NumPy, torch (and CUDA) random states of each process;
 * ``state.json`` — step, data position (micro-batches consumed), best-metric bookkeeping, the open log window;
 * ``manifest.json`` — size and SHA-256 of every file above, written last.
 
@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from leantune.errors import LeantuneError
+from leantune.train.distributed import Dist, full_tensor, is_sharded, load_full_into
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -55,36 +56,72 @@ class LoopState:
 
 # ------------------------------------------------------------------------------------------------- writing
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: LoopState, keep_last: int) -> Path:
-    """Write a complete checkpoint for ``state.step`` atomically, point ``latest`` at it, prune old ones."""
+                    state: LoopState, keep_last: int, d: Dist | None = None) -> Path:
+    """Write a complete checkpoint for ``state.step`` atomically, point ``latest`` at it, prune old ones.
+
+    With several processes every rank calls it: sharded weights are gathered whole, each rank adds its own
+    optimizer shard and random state, rank 0 writes the rest and moves the checkpoint into place."""
     import leantune as lt
 
+    d = d or Dist()
     root = run_dir / CHECKPOINTS
-    root.mkdir(exist_ok=True)
     name = f"step-{state.step:07d}"
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    lt.save_adapter(model, tmp / "adapter")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)) + "\n")
-    _write_manifest(tmp)
-    _fsync_tree(tmp)
+    tmp = root / f".tmp-{name}"
+    tensors = trainable_state(model)  # collective when sharded
+    if d.main:
+        root.mkdir(exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file(tensors, str(tmp / "trainable.safetensors"))
+    lt.save_adapter(model, tmp / "adapter", write=d.main)
+    d.barrier()
+    torch.save({"optimizer": _local_optimizer_state(optimizer), "scheduler": scheduler.state_dict()},
+               tmp / f"optimizer-rank{d.rank}.pt")
+    torch.save(rng_state(), tmp / f"rng-rank{d.rank}.pt")
+    d.barrier()
     final = root / name
-    if final.exists():  # the same step saved again after a resume
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    _atomic_write(root / LATEST, name + "\n")
-    _prune(root, keep_last, keep=name)
+    if d.main:
+        (tmp / "state.json").write_text(json.dumps({**asdict(state), "world_size": d.world}) + "\n")
+        _write_manifest(tmp)
+        _fsync_tree(tmp)
+        if final.exists():  # the same step saved again after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        _atomic_write(root / LATEST, name + "\n")
+        _prune(root, keep_last, keep=name)
+    d.barrier()
     return final
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Every trainable tensor by name, whole (gathered from the ranks when sharded), on the CPU."""
+    return {n.removeprefix("module."): full_tensor(p.detach()).to("cpu").contiguous()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _local_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state with sharded tensors as this rank's local shards (plain tensors load safely)."""
+    sd = optimizer.state_dict()
+    state = {k: {n: v.to_local() if is_sharded(v) else v for n, v in s.items()} for k, s in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load a state saved by :func:`save_checkpoint` (local shards are put back on the parameters' meshes)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for k, s in saved["state"].items():
+        p = params[int(k)]
+        state[k] = {}
+        for n, v in s.items():
+            if is_sharded(p) and isinstance(v, torch.Tensor) and v.dim() > 0:
+                from torch.distributed.tensor import DTensor
+
+                v = DTensor.from_local(v.to(p.device), p.device_mesh, p.placements)
+            state[k][n] = v
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
 def rng_state() -> dict[str, Any]:
@@ -212,18 +249,26 @@ def candidates(run_dir: Path) -> list[Path]:
     return sorted(steps, key=lambda p: p.name != latest)
 
 
-def load_latest_checkpoint(run_dir: Path, warn: Any = print) -> Checkpoint | None:
-    """The newest checkpoint that verifies; each one skipped is reported through ``warn``."""
+def load_latest_checkpoint(run_dir: Path, warn: Any = print, d: Dist | None = None) -> Checkpoint | None:
+    """The newest checkpoint that verifies; each one skipped is reported through ``warn``. A checkpoint written
+    by a different number of processes is refused (its optimizer shards and random states are per rank)."""
+    d = d or Dist()
     for folder in candidates(run_dir):
         problem = verify(folder)
         if problem is None:
             try:
+                raw = json.loads((folder / "state.json").read_text())
+                saved_world = raw.pop("world_size", 1)
+                if saved_world != d.world:
+                    raise LeantuneError(
+                        f"{folder} was written by {saved_world} process(es); resume it with the same number "
+                        f"(this run has {d.world}): optimizer shards and random states are per process.")
                 return Checkpoint(
                     path=folder,
-                    state=LoopState(**json.loads((folder / "state.json").read_text())),
+                    state=LoopState(**raw),
                     trainable=load_file(str(folder / "trainable.safetensors")),
-                    optimizer=torch.load(folder / "optimizer.pt", weights_only=True),
-                    rng=torch.load(folder / "rng.pt", weights_only=True),
+                    optimizer=torch.load(folder / f"optimizer-rank{d.rank}.pt", weights_only=True),
+                    rng=torch.load(folder / f"rng-rank{d.rank}.pt", weights_only=True),
                 )
             except (OSError, SafetensorError, RuntimeError, ValueError, TypeError, KeyError) as e:
                 problem = f"unreadable ({type(e).__name__}: {e})"
@@ -237,9 +282,8 @@ def restore_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source
     if missing or unexpected:
         raise LeantuneError(f"{source}: the checkpoint does not fit this run's model (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]}); was the config changed?")
-    with torch.no_grad():
-        for n, p in params.items():
-            if p.shape != tensors[n].shape:
-                raise LeantuneError(f"{source}: {n} has shape {tuple(tensors[n].shape)}, the model "
-                                    f"{tuple(p.shape)}; was the config changed?")
-            p.copy_(tensors[n])
+    for n, p in params.items():
+        if p.shape != tensors[n].shape:
+            raise LeantuneError(f"{source}: {n} has shape {tuple(tensors[n].shape)}, the model "
+                                f"{tuple(p.shape)}; was the config changed?")
+        load_full_into(p, tensors[n])

@@ -12,9 +12,11 @@ from typing import Any
 class RunLogger:
     """Writes every logged row to ``train_log.jsonl`` at once (nothing lost on a crash) and shows progress."""
 
-    def __init__(self, run_dir: Path, total_steps: int, quiet: bool = False) -> None:
+    def __init__(self, run_dir: Path, total_steps: int, quiet: bool = False, enabled: bool = True) -> None:
+        """``enabled=False`` (every rank but the first of a multi-process run) logs nothing anywhere."""
         self.path = run_dir / "train_log.jsonl"
-        self.file = self.path.open("a", encoding="utf-8")
+        self.enabled = enabled
+        self.file = self.path.open("a", encoding="utf-8") if enabled else None
         self.quiet = quiet
         self.start = time.perf_counter()
         self.bar = None
@@ -25,6 +27,8 @@ class RunLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop the rows logged after ``step`` (a resumed run logs those steps again)."""
+        if not self.enabled:
+            return
         self.file.close()
         rows = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
         kept = []
@@ -42,6 +46,8 @@ class RunLogger:
             self.bar.update(step - self.bar.n)
 
     def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         row = {**row, "elapsed_s": round(time.perf_counter() - self.start, 3)}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
@@ -52,6 +58,8 @@ class RunLogger:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
 
     def message(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
@@ -60,7 +68,8 @@ class RunLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def plot_run(log_path: Path, out_path: Path, metric: str) -> Path | None:

@@ -27,9 +27,22 @@ from leantune.train.checkpointing import enable_activation_checkpointing
 from leantune.train.checkpoints import (
     LoopState,
     candidates,
+    load_optimizer_state,
     restore_trainable,
     save_checkpoint,
     set_rng_state,
+    trainable_state,
+)
+from leantune.train.distributed import (
+    Dist,
+    device_for,
+    global_batches,
+    init_distributed,
+    load_full_into,
+    no_gradient_sync,
+    shutdown,
+    unwrap,
+    wrap_model,
 )
 from leantune.train.guards import SpikeDetector, TrainingInterrupted, stop_requests
 from leantune.train.logger import RunLogger, plot_run
@@ -88,14 +101,16 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_batches(features: list[dict], batch_size: int, seed: int, pad_id: int,
-                  pack_length: int | None = None, start: int = 0) -> Iterator[dict]:
+                  pack_length: int | None = None, start: int = 0, d: Dist | None = None) -> Iterator[dict]:
     """Length-grouped, freshly shuffled batches, epoch after epoch; with ``pack_length``, batches of packed rows
-    (re-packed each epoch). ``start`` skips that many batches (a resumed run continues with the next one)."""
+    (re-packed each epoch). ``start`` skips that many batches (a resumed run continues with the next one). With
+    several processes, the global batches of ``batch_size x world`` are cut into one slice per rank."""
+    d = d or Dist()
     epoch = 0
     while True:
         rows = pack_examples(features, pack_length, seed=seed + epoch) if pack_length else features
         lengths = [len(f["input_ids"]) for f in rows]
-        batches = length_grouped_batches(lengths, batch_size, seed=seed + epoch)
+        batches = global_batches(length_grouped_batches(lengths, batch_size * d.world, seed=seed + epoch), d)
         if start >= len(batches):
             start -= len(batches)
         else:
@@ -123,38 +138,53 @@ def prepare_model(cfg: RunConfig, task: Any, model_path: str, device: torch.devi
 
 
 def accumulate_gradients(model: torch.nn.Module, task: Any, micro: list[dict], device: torch.device,
-                         amp_dtype: torch.dtype | None) -> tuple[float, int]:
-    """Backward over the micro-batches of one optimizer step; return (step loss, real tokens).
+                         amp_dtype: torch.dtype | None, d: Dist | None = None) -> tuple[float, int]:
+    """Backward over the micro-batches of one optimizer step; return (step loss, real tokens), over all ranks.
 
-    Each micro-batch's summed loss is divided by the number of examples (or target tokens) of the *whole step*,
-    so 4 micro-batches of 8 give the same loss and gradients as one batch of 32, whatever their padding.
+    Each micro-batch's summed loss is divided by the number of examples (or target tokens) of the *whole step* on
+    *all* ranks, so 4 micro-batches of 8 give the same loss and gradients as one batch of 32, whatever their
+    padding, and 2 processes x batch 4 the same as 1 x batch 8 (DDP / FSDP average gradients over the ranks, so
+    each rank's loss is scaled by the world size). Only the last micro-batch synchronises gradients.
     """
-    count = sum(task.batch_count(b) for b in micro)
+    d = d or Dist()
+    count = d.sum(sum(task.batch_count(b) for b in micro))[0]
     step_loss, tokens = 0.0, 0
-    for b in micro:
+    for i, b in enumerate(micro):
         b = {k: v.to(device) for k, v in b.items()}
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with no_gradient_sync(model, skip=i < len(micro) - 1), \
+                torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             summed, _ = task.batch_loss(model, b)
-        loss = summed / count
-        loss.backward()
+            loss = summed / max(count, 1)
+            (loss * d.world).backward()
         step_loss += loss.item()
         tokens += int(b["attention_mask"].sum())
-    return step_loss, tokens
+    step_loss, tokens = d.sum(step_loss, tokens)
+    return step_loss, int(tokens)
 
 
 def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resume: bool = False) -> RunResult:
     """Run one fine-tune as ``cfg`` describes and write its run folder; ``resume`` continues it from its newest
     good checkpoint, exactly where it stopped."""
+    d = init_distributed(cfg.distributed.strategy, cfg.distributed.backend)
+    try:
+        return _fine_tune(cfg, overwrite, quiet, resume, d)
+    finally:
+        shutdown(d)
+
+
+def _fine_tune(cfg: RunConfig, overwrite: bool, quiet: bool, resume: bool, d: Dist) -> RunResult:
     tc = cfg.train
     run_dir = Path(cfg.output_dir)
-    checkpoint = find_resume_point(run_dir, cfg) if resume else None
-    if checkpoint is None:
+    checkpoint = find_resume_point(run_dir, cfg, d) if resume else None
+    if checkpoint is None and d.main:
         prepare_output_dir(run_dir, overwrite)
-    warn_if_low_disk(run_dir)
+    d.barrier()
+    if d.main:
+        warn_if_low_disk(run_dir)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     seed_everything(tc.seed)
-    device = pick_device()
+    device = device_for(d) if d.active else pick_device()
     amp_dtype = autocast_dtype(tc.precision, device)
 
     # 1. data
@@ -163,19 +193,25 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     task = make_task(cfg, tokenizer, model_path=model_path)
     train_features, eval_features = task.prepare()
-    dump_config(cfg, run_dir / "config.yaml")
-    if checkpoint is None:
-        task.save_artifacts(run_dir)
+    if d.main:
+        dump_config(cfg, run_dir / "config.yaml")
+        if checkpoint is None:
+            task.save_artifacts(run_dir)
 
-    # 2. model + adapter
+    # 2. model + adapter (+ the distributed wrapper: DDP, or FSDP2 shards)
     model, quantized = prepare_model(cfg, task, model_path, device)
     trainable, total = lt.trainable_parameters(model)
+    if checkpoint is not None:
+        restore_trainable(model, checkpoint.trainable, checkpoint.path)
+    model = wrap_model(model, d, device)
+    torch.manual_seed(tc.seed + d.rank)  # each process its own dropout masks (DDP broadcast rank 0's weights)
+    plain = unwrap(model) if d.strategy != "fsdp" else model  # what evaluation and saving use
 
     # 3. schedule
     if tc.packing and getattr(task, "seq2seq", False):
         raise LeantuneError(f"train.packing needs a decoder-only model; {cfg.model} is an encoder-decoder.")
     rows = len(pack_examples(train_features, tc.max_length)) if tc.packing else len(train_features)
-    micro_per_epoch = math.ceil(rows / tc.batch_size)
+    micro_per_epoch = math.ceil(rows / (tc.batch_size * d.world))
     steps_per_epoch = max(1, micro_per_epoch // tc.grad_accum)
     total_steps = tc.max_steps if tc.max_steps is not None else math.ceil(tc.epochs * steps_per_epoch)
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(tc.warmup_ratio * total_steps)
@@ -183,11 +219,10 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
     scheduler = build_scheduler(optimizer, total_steps, warmup, tc.schedule)
     metric = tc.metric or task.default_metric
 
-    logger = RunLogger(run_dir, total_steps, quiet)
+    logger = RunLogger(run_dir, total_steps, quiet or not d.main, enabled=d.main)
     state = LoopState()
     if checkpoint is not None:  # continue exactly: weights, optimizer, schedule, RNG, data position, bookkeeping
-        restore_trainable(model, checkpoint.trainable, checkpoint.path)
-        optimizer.load_state_dict(checkpoint.optimizer["optimizer"])
+        load_optimizer_state(optimizer, checkpoint.optimizer["optimizer"])
         scheduler.load_state_dict(checkpoint.optimizer["scheduler"])
         state = checkpoint.state
         logger.truncate_after(state.step)
@@ -197,7 +232,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
         logger.message(
             f"leantune: {cfg.method} on {cfg.model} ({cfg.task}): {trainable:,} of {total:,} parameters trained "
             f"({100 * trainable / total:.3f}%); {len(train_features)} train / {len(eval_features)} eval examples; "
-            f"{total_steps} steps on {device.type}"
+            f"{total_steps} steps on {device.type}" + (f" x {d.world} processes ({d.strategy})" if d.active else "")
         )
         if quantized:
             logger.message(f"quantized {quantized['layers']} linear layers to {quantized['kind']} "
@@ -206,7 +241,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
         logger.log({"step": 0, "data": task.report, "trainable": trainable, "total": total, "quantized": quantized})
 
         # 4. evaluate the starting point (untrained head / zero-shot)
-        state.before = task.evaluate(model, eval_features, device) if tc.eval_before or total_steps == 0 else {}
+        state.before = task.evaluate(plain, eval_features, device) if tc.eval_before or total_steps == 0 else {}
         if state.before:
             logger.log({"step": 0, "eval": task.headline(state.before)})
         state.best_value = state.before.get(metric)
@@ -216,7 +251,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
     model.train()
     trim_heap = heap_trimmer(device)
     batches = epoch_batches(train_features, tc.batch_size, tc.seed, task.pad_id,
-                            tc.max_length if tc.packing else None, start=state.micro_batches)
+                            tc.max_length if tc.packing else None, start=state.micro_batches, d=d)
     if checkpoint is not None:
         set_rng_state(checkpoint.rng)  # after everything that draws random numbers while setting up
     params = [p for p in model.parameters() if p.requires_grad]
@@ -227,8 +262,8 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
         while state.step < total_steps:
             micro = [next(batches) for _ in range(tc.grad_accum)]
             state.micro_batches += tc.grad_accum
-            step_loss, tokens = accumulate_gradients(model, task, micro, device, amp_dtype)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm or math.inf)
+            step_loss, tokens = accumulate_gradients(model, task, micro, device, amp_dtype, d)
+            grad_norm = clip_gradients(params, tc.max_grad_norm)
             if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
                 # 6a. numerical guard: skip the update, keep the weights, stop if it keeps happening
                 optimizer.zero_grad(set_to_none=True)
@@ -271,13 +306,13 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
                 time_since = time.perf_counter()
 
             if tc.eval_every and step % tc.eval_every == 0 and step < total_steps:
-                metrics = task.evaluate(model, eval_features, device)
+                metrics = task.evaluate(plain, eval_features, device)
                 logger.log({"step": step, "eval": task.headline(metrics)})
                 logger.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in task.headline(metrics).items()))
                 if _improved(metrics.get(metric), state.best_value, metric):
                     state.best_value, state.best_step, state.bad_evals = metrics[metric], step, 0
-                    best_state = _snapshot(model)
-                    save_best(run_dir, model)
+                    best_state = _snapshot(plain)
+                    save_best(run_dir, plain, d)
                 else:
                     state.bad_evals += 1
                     if tc.early_stopping_patience and state.bad_evals >= tc.early_stopping_patience:
@@ -285,35 +320,39 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
                                        "evaluations")
                         break
 
-            if stop.requested or (tc.save_every and step % tc.save_every == 0 and step < total_steps):
-                path = save_checkpoint(run_dir, model, optimizer, scheduler, state, tc.keep_last)
-                if stop.requested:
+            stopping = d.any(stop.requested is not None)  # every rank stops at the same step
+            if stopping or (tc.save_every and step % tc.save_every == 0 and step < total_steps):
+                path = save_checkpoint(run_dir, plain, optimizer, scheduler, state, tc.keep_last, d)
+                if stopping:
                     logger.close()
                     raise TrainingInterrupted(
-                        f"stopped by {stop.requested} after step {step} of {total_steps}; checkpoint {path}. "
+                        f"stopped by {stop.requested or 'another process'} after step {step} of {total_steps}; "
+                        f"checkpoint {path}. "
                         f"Continue with: leantune train CONFIG --resume   (output_dir {run_dir})")
     train_seconds = time.perf_counter() - t0
     memory = peak_memory(device)
     step = state.step
     if step > 0:  # the end state, so a longer run can resume from it
-        save_checkpoint(run_dir, model, optimizer, scheduler, state, tc.keep_last)
+        save_checkpoint(run_dir, plain, optimizer, scheduler, state, tc.keep_last, d)
 
     # 6. final evaluation; keep the best weights if an earlier evaluation beat the end
     before = state.before
-    after = task.evaluate(model, eval_features, device) if step > 0 else before
+    after = task.evaluate(plain, eval_features, device) if step > 0 else before
     if state.best_step and not _improved(after.get(metric), state.best_value, metric, strict=False):
-        _restore(model, best_state if best_state is not None else load_best(run_dir))
-        after = task.evaluate(model, eval_features, device)
+        _restore(plain, best_state if best_state is not None else load_best(run_dir))
+        after = task.evaluate(plain, eval_features, device)
         logger.message(f"kept the best checkpoint (step {state.best_step}, {metric} {state.best_value:.4f})")
     logger.log({"step": step, "eval": task.headline(after), "final": True, "train_seconds": round(train_seconds, 1),
                 **memory})
     logger.close()
 
-    # 7. save the adapter, metrics, plot
-    lt.save_adapter(model, run_dir / "adapter")
-    task.finish(run_dir)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(after, indent=2) + "\n")
-    plot_run(run_dir / "train_log.jsonl", run_dir / "loss.png", metric)
+    # 7. save the adapter (whole, gathered from the shards), metrics, plot
+    lt.save_adapter(plain, run_dir / "adapter", write=d.main)
+    if d.main:
+        task.finish(run_dir)
+        atomic_write_text(run_dir / "metrics.json", json.dumps(after, indent=2) + "\n")
+        plot_run(run_dir / "train_log.jsonl", run_dir / "loss.png", metric)
+    d.barrier()
     return RunResult(run_dir, before, after, trainable, total, step, train_seconds, task.report, memory)
 
 
@@ -328,12 +367,17 @@ def _improved(value: float | None, best: float | None, metric: str, strict: bool
     return value > best if strict else value >= best
 
 
+def clip_gradients(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Clip to ``max_norm`` (None: only measure); returns the total norm (over every shard under FSDP)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    return trainable_state(model)
 
 
 def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, value in state.items():
-            params[n].copy_(value)
+    for n, value in state.items():
+        load_full_into(params[n], value)

@@ -83,7 +83,7 @@ RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.eval_every", "tra
                      "train.num_threads", "train.max_nonfinite_steps", "train.spike_factor"}
 
 
-def find_resume_point(run_dir: Path, cfg: Any) -> Any:
+def find_resume_point(run_dir: Path, cfg: Any, d: Any = None) -> Any:
     """The newest good checkpoint of the run in ``run_dir`` (corrupt ones are reported and skipped); refuses a
     folder with no checkpoint, or a config that changed what the checkpoint was trained with."""
     from leantune.config import validate_config
@@ -98,7 +98,9 @@ def find_resume_point(run_dir: Path, cfg: Any) -> Any:
     if changed:
         raise LeantuneError(f"cannot resume {run_dir}: the config differs from the run's in {changed}; "
                             f"resume with the same settings (only {sorted(RESUMABLE_CHANGES)} may change).")
-    checkpoint = load_latest_checkpoint(run_dir, warn=lambda m: print(m, file=sys.stderr, flush=True))
+    main = d is None or d.main
+    checkpoint = load_latest_checkpoint(run_dir, warn=lambda m: print(m, file=sys.stderr, flush=True) if main else None,
+                                        d=d)
     if checkpoint is None:
         raise LeantuneError(f"no usable checkpoint in {run_dir / 'checkpoints'}: every one is corrupt. "
                             "Start again with --overwrite.")
@@ -133,16 +135,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_best(run_dir: Path, model: Any) -> None:
-    """The best evaluation's weights: a peft-format adapter plus the trainable tensors by name (for resume)."""
+def save_best(run_dir: Path, model: Any, d: Any = None) -> None:
+    """The best evaluation's weights: a peft-format adapter plus the trainable tensors by name (for resume).
+    Every rank calls it (sharded weights are gathered); the first writes."""
     import leantune as lt
     from leantune.train.checkpoints import trainable_state
 
+    main = d is None or d.main
     best = run_dir / "checkpoint-best"
-    lt.save_adapter(model, best)
-    tmp = best / f".trainable.tmp-{os.getpid()}"
-    save_file(trainable_state(model), str(tmp))
-    os.replace(tmp, best / "trainable.safetensors")
+    lt.save_adapter(model, best, write=main)
+    tensors = trainable_state(model)
+    if main:
+        tmp = best / f".trainable.tmp-{os.getpid()}"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, best / "trainable.safetensors")
 
 
 def load_best(run_dir: Path) -> dict:

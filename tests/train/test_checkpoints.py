@@ -137,7 +137,7 @@ def test_corrupt_checkpoint_is_detected_and_the_previous_one_used(setup, capsys,
     assert (first.run_dir / "checkpoints" / "latest").read_text().strip() == "step-0000020"
     target = first.run_dir / "checkpoints" / "step-0000020" / "trainable.safetensors"
     target.write_bytes(target.read_bytes()[:-100])  # truncated, as by a full disk
-    for name in ("adapter", "optimizer.pt", "rng.pt", "state.json", "manifest.json"):
+    for name in ("adapter", "optimizer-rank0.pt", "rng-rank0.pt", "state.json", "manifest.json"):
         assert (first.run_dir / "checkpoints" / "step-0000015" / name).exists()
     capsys.readouterr()
     resumed = fine_tune(validate_config(raw), quiet=True, resume=True)  # steps 16-20 again, from step 15
