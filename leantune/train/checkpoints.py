@@ -76,6 +76,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         save_file(tensors, str(tmp / "trainable.safetensors"))
     lt.save_adapter(model, tmp / "adapter", write=d.main)
     d.barrier()
+    tmp.mkdir(parents=True, exist_ok=True)  # (another node's view of the folder, without a shared filesystem)
     torch.save({"optimizer": _local_optimizer_state(optimizer), "scheduler": scheduler.state_dict()},
                tmp / f"optimizer-rank{d.rank}.pt")
     torch.save(rng_state(), tmp / f"rng-rank{d.rank}.pt")

@@ -150,3 +150,24 @@ def test_a_killed_two_process_run_resumes_exactly(setup, strategy):
     a, b = _adapter(_run_dir(reference)), _adapter(run)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_two_nodes_through_a_rendezvous_endpoint(setup, single):
+    """Multi-node torchrun, simulated with two 'nodes' of one process each on this machine (c10d rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _config(setup, "nodes", batch_size=4, strategy="ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+         "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "leantune-test",
+         "-m", "leantune", "train", str(cfg), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+    one, two = _losses(single), _losses(_run_dir(cfg))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
