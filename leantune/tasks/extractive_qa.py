@@ -8,6 +8,7 @@ context) is mapped back to the original text through the tokenizer's offsets. Me
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,22 @@ class ExtractiveQATask:
         return self.tokenizer.pad_token_id
 
     def read(self, path: str, split: str) -> list[dict[str, Any]]:
-        records = read_qa_records(path, self.cfg.data.format, split, BadRows(self.cfg.data.on_bad_rows))
-        if not records:
+        """Question records with a text context and question; others are bad rows (an error, or counted skips)."""
+        bad = BadRows(self.cfg.data.on_bad_rows)
+        records = read_qa_records(path, self.cfg.data.format, split, bad)
+        kept = []
+        for rec in records:
+            missing = [k for k in ("context", "question") if not isinstance(rec.get(k), str) or not rec[k].strip()]
+            if missing:
+                bad(rec.get("_source", path), f"missing or empty field(s) {missing} (SQuAD format expected)")
+            else:
+                kept.append(rec)
+        if bad.total:
+            self.report.setdefault("bad_rows_skipped", {}).update(bad.report())
+            print(f"leantune: {path}: skipped {bad.total} bad rows: {bad.report()}", file=sys.stderr, flush=True)
+        if not kept:
             raise LeantuneError(f"{path}: no questions.")
-        for key in ("context", "question"):
-            if key not in records[0]:
-                raise LeantuneError(f"{records[0]['_source']}: missing field '{key}' (SQuAD format expected).")
-        return records
+        return kept
 
     def featurize(self, records: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         """Windows of every record; training windows carry start/end targets, eval windows their offsets."""

@@ -53,3 +53,30 @@ def test_best_span_searches_every_window_and_respects_limits(tmp_path):
     assert text == "green cat"
     text, _ = best_span(starts, ends, enc["offset_mapping"], CONTEXT, max_answer_length=1)
     assert text != "green cat"  # too long for the limit
+
+
+def test_records_without_context_or_question_are_bad_rows(tmp_path):
+    import json
+
+    import pytest
+
+    from leantune.config import validate_config
+    from leantune.errors import LeantuneError
+    from leantune.tasks import make_task
+
+    folder = save_tiny_bert(tmp_path / "bert")
+    good = {"context": CONTEXT, "question": "what is old", "answers": {"text": ["the green cat"],
+                                                                      "answer_start": [CONTEXT.index("the green")]}}
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [good, good, {"context": CONTEXT}, good]))
+
+    def task(policy):
+        cfg = validate_config({"model": folder, "task": "extractive_qa",
+                               "data": {"train": str(path), "on_bad_rows": policy}, "train": {"max_length": 32}})
+        return make_task(cfg, load_tokenizer(folder), model_path=folder)
+
+    with pytest.raises(LeantuneError, match=r"qa.jsonl:3: missing or empty field\(s\) \['question'\]"):
+        task("error").read(str(path), "train")
+    skipping = task("skip")
+    assert len(skipping.read(str(path), "train")) == 3
+    assert list(skipping.report["bad_rows_skipped"].values())[0]["rows"] == 1
