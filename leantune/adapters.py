@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from leantune.errors import AdapterMismatchError, LeantuneError
+from leantune.files import atomic_write
 from leantune.methods import method_for_config, method_for_peft_type
 from leantune.methods.base import (
     AdapterLayer,
@@ -196,23 +196,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     if not write:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
-    _atomic_write(out / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    atomic_write(out / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
+    atomic_write(out / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
     return out
-
-
-def _atomic_write(dest: Path, write: Any) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_adapter_config(path: str | os.PathLike) -> tuple[MethodConfig, dict[str, Any]]:

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from leantune.errors import LeantuneError
+from leantune.files import atomic_write_text, fsync_dir
 from leantune.train.distributed import Dist, full_tensor, is_sharded, load_full_into
 
 CHECKPOINTS = "checkpoints"
@@ -89,8 +90,8 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         if final.exists():  # the same step saved again after a resume
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
-        _atomic_write(root / LATEST, name + "\n")
+        fsync_dir(root)
+        atomic_write_text(root / LATEST, name + "\n")
         _prune(root, keep_last, keep=name)
     d.barrier()
     return final
@@ -155,7 +156,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _write_manifest(folder: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     manifest = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-    _atomic_write(folder / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -166,36 +167,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _fsync_tree(folder: Path) -> None:
     for p in folder.rglob("*"):
         if p.is_file():
             with p.open("rb") as f:
                 os.fsync(f.fileno())
     for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(d)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(d)
 
 
 def _prune(root: Path, keep_last: int, keep: str) -> None:

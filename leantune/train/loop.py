@@ -18,6 +18,7 @@ from leantune.config import RunConfig, dump_config
 from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.packing import pack_examples
 from leantune.errors import LeantuneError
+from leantune.files import atomic_write_text
 from leantune.methods.catalog import method_config
 from leantune.methods.lora import compile_lora
 from leantune.models.quantize import quantize_model, resolve_backend
@@ -49,7 +50,6 @@ from leantune.train.logger import RunLogger, plot_run
 from leantune.train.memory import heap_trimmer, peak_memory
 from leantune.train.optim import build_optimizer, build_scheduler
 from leantune.train.runs import (
-    atomic_write_text,
     find_resume_point,
     load_best,
     load_tokenizer,

@@ -129,12 +129,6 @@ def warn_if_low_disk(run_dir: Path, need_mb: float = 1024) -> None:
               "fit.", file=sys.stderr, flush=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_best(run_dir: Path, model: Any, d: Any = None) -> None:
     """The best evaluation's weights: a peft-format adapter plus the trainable tensors by name (for resume).
     Every rank calls it (sharded weights are gathered); the first writes."""

@@ -133,16 +133,19 @@ def test_translation_readers(folders, tmp_path):
         validate_config({"model": "m", "task": "translation", "data": {"train": "x"}})
 
 
-def test_instruction_tuning_learns_to_answer_and_stop(folders, tmp_path):
+def _instruction_config(folders, tmp_path, **train):
     (tmp_path / "inst.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    cfg = validate_config({
+    return validate_config({
         "model": folders["chat"], "task": "instruction", "method": "lora", "method_args": {"r": 8},
         "data": {"train": str(tmp_path / "inst.jsonl"), "format": "alpaca"},
         "train": {"epochs": 4, "batch_size": 8, "lr": 5e-3, "max_length": 64, "eval_max_examples": 16,
-                  "max_new_tokens": 12},
+                  "max_new_tokens": 12, **train},
         "output_dir": str(tmp_path / "run"),
     })
-    result = fine_tune(cfg, quiet=True)
+
+
+def test_instruction_tuning_learns_to_answer_and_stop(folders, tmp_path):
+    result = fine_tune(_instruction_config(folders, tmp_path), quiet=True)
     assert result.after["eval_loss"] < result.before["eval_loss"]
     assert result.after["exact_match"] > result.before["exact_match"]
     preds = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()]
@@ -156,14 +159,7 @@ def test_instruction_tuning_learns_to_answer_and_stop(folders, tmp_path):
 
 
 def test_packed_and_checkpointed_training_learns(folders, tmp_path):
-    (tmp_path / "inst.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    cfg = validate_config({
-        "model": folders["chat"], "task": "instruction", "method": "lora", "method_args": {"r": 8},
-        "data": {"train": str(tmp_path / "inst.jsonl"), "format": "alpaca"},
-        "train": {"epochs": 4, "batch_size": 2, "lr": 5e-3, "max_length": 64, "eval_max_examples": 16,
-                  "max_new_tokens": 12, "packing": True, "activation_checkpointing": True},
-        "output_dir": str(tmp_path / "run"),
-    })
+    cfg = _instruction_config(folders, tmp_path, batch_size=2, packing=True, activation_checkpointing=True)
     result = fine_tune(cfg, quiet=True)
     assert result.steps <= 4 * 144 / 2 / 2  # unpacked: 288 steps; rows hold two or more examples
     assert result.after["eval_loss"] < result.before["eval_loss"]
