@@ -8,6 +8,14 @@ from typing import Any
 from leantune.errors import LeantuneError
 
 
+def remote_code_error(path: str, error: Exception) -> LeantuneError | None:
+    """The one-line answer when transformers refused ``path`` because it needs its own code, else None."""
+    if "trust_remote_code" not in str(error):
+        return None
+    return LeantuneError(f"{path} needs its own code to load; if you trust it, set trust_remote_code: true in the "
+                         "config.")
+
+
 def pretrained(cls: Any, path: str, cfg: Any = None, **kwargs: Any) -> Any:
     """``cls.from_pretrained(path, **kwargs)`` under the run's safety settings (``cfg``: a RunConfig or None)."""
     allow_pickle = bool(getattr(cfg, "allow_pickle_weights", False))
@@ -22,8 +30,7 @@ def pretrained(cls: Any, path: str, cfg: Any = None, **kwargs: Any) -> Any:
                 f"{path}: no safetensors weights found. Pickle (.bin) weights can run code when loaded: convert "
                 "them to safetensors, or set allow_pickle_weights: true in the config if you trust the file."
             ) from None
-        if "trust_remote_code" in text:
-            raise LeantuneError(f"{path} needs its own code to load; if you trust it, set trust_remote_code: true "
-                                "in the config.") from None
+        if remote := remote_code_error(path, e):
+            raise remote from None
         raise LeantuneError(f"{path}: cannot load the model ({text.splitlines()[0] if text else type(e).__name__})."
                             ) from None

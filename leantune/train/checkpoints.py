@@ -99,7 +99,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every trainable tensor by name, whole (gathered from the ranks when sharded), on the CPU."""
-    return {n.removeprefix("module."): full_tensor(p.detach()).to("cpu").contiguous()
+    return {n: full_tensor(p.detach()).to("cpu").contiguous()
             for n, p in model.named_parameters() if p.requires_grad}
 
 

@@ -311,8 +311,8 @@ def _fine_tune(cfg: RunConfig, overwrite: bool, quiet: bool, resume: bool, d: Di
                 logger.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in task.headline(metrics).items()))
                 if _improved(metrics.get(metric), state.best_value, metric):
                     state.best_value, state.best_step, state.bad_evals = metrics[metric], step, 0
-                    best_state = _snapshot(plain)
-                    save_best(run_dir, plain, d)
+                    best_state = trainable_state(plain)
+                    save_best(run_dir, plain, best_state, d)
                 else:
                     state.bad_evals += 1
                     if tc.early_stopping_patience and state.bad_evals >= tc.early_stopping_patience:
@@ -371,10 +371,6 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float | None) -> torch.
     """Clip to ``max_norm`` (None: only measure); returns the total norm (over every shard under FSDP)."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf)
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-
-def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return trainable_state(model)
 
 
 def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from leantune.errors import LeantuneError
+from leantune.models.loading import remote_code_error
 
 
 def prepare_output_dir(path: Path, overwrite: bool) -> Path:
@@ -40,9 +41,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as e:
-        if "trust_remote_code" in str(e):
-            raise LeantuneError(f"{path} needs its own code to load; if you trust it, set trust_remote_code: true "
-                                "in the config.") from None
+        if remote := remote_code_error(path, e):
+            raise remote from None
         raise
     if tok.pad_token_id is None:
         if tok.eos_token is None:
@@ -129,16 +129,14 @@ def warn_if_low_disk(run_dir: Path, need_mb: float = 1024) -> None:
               "fit.", file=sys.stderr, flush=True)
 
 
-def save_best(run_dir: Path, model: Any, d: Any = None) -> None:
-    """The best evaluation's weights: a peft-format adapter plus the trainable tensors by name (for resume).
-    Every rank calls it (sharded weights are gathered); the first writes."""
+def save_best(run_dir: Path, model: Any, tensors: dict, d: Any = None) -> None:
+    """The best evaluation's weights: a peft-format adapter plus ``tensors`` (the trainable tensors by name, for
+    resume). Every rank calls it (sharded weights are gathered for the adapter); the first writes."""
     import leantune as lt
-    from leantune.train.checkpoints import trainable_state
 
     main = d is None or d.main
     best = run_dir / "checkpoint-best"
     lt.save_adapter(model, best, write=main)
-    tensors = trainable_state(model)
     if main:
         tmp = best / f".trainable.tmp-{os.getpid()}"
         save_file(tensors, str(tmp))
@@ -161,9 +159,8 @@ def preflight(cfg: Any, model_path: str) -> None:
     try:
         config = transformers.AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     except ValueError as e:
-        if "trust_remote_code" in str(e):
-            raise LeantuneError(f"{cfg.model} needs its own code to load; if you trust it, set "
-                                "trust_remote_code: true in the config.") from None
+        if remote := remote_code_error(cfg.model, e):
+            raise remote from None
         raise LeantuneError(f"{cfg.model}: cannot read its config.json ({e}).") from None
     except OSError as e:
         raise LeantuneError(f"{cfg.model}: {e}") from None
