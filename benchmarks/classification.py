@@ -75,8 +75,9 @@ def run_peft(method: str, args: argparse.Namespace) -> dict:
         TrainingArguments,
     )
 
+    from leantune.config import validate_config
     from leantune.models.registry import resolve_model
-    from leantune.tasks.classification import build_classifier
+    from leantune.tasks import make_task
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -98,7 +99,9 @@ def run_peft(method: str, args: argparse.Namespace) -> dict:
     if method == "peft-lora-cls":
         base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     else:
-        base = build_classifier(path, 2, "auto", tok.pad_token_id)
+        task = make_task(validate_config({"model": path, "data": {"train": args.data}}), tok, path)
+        task.labels = ["0", "1"]
+        base = task.build_model(path)  # mean pooling into a fresh head, as MiniLM was trained
 
         class WithLoss(torch.nn.Module):  # Trainer wants the loss from the model
             def __init__(self, inner):

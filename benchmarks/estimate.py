@@ -25,8 +25,9 @@ SST2 = SHARED / "sst2" / "stsa.binary.train"
 
 def configs(tmp: Path, threads: int) -> dict[str, dict]:
     lm = {"model": "smollm2", "task": "instruction", "method": "lora", "method_args": {"r": 16, "alpha": 32},
+          "task_args": {"eval_max_examples": 0},
           "data": {"train": str(SEED_TASKS), "format": "alpaca", "eval_fraction": 25 / 175},
-          "train": {"epochs": 1, "batch_size": 8, "max_length": 320, "eval_max_examples": 0, "eval_before": False,
+          "train": {"epochs": 1, "batch_size": 8, "max_length": 320, "eval_before": False,
                     "num_threads": threads}}
     sst2 = tmp / "sst2.txt"
     sst2.write_text("\n".join(SST2.read_text(encoding="utf-8").splitlines()[:1500]) + "\n", encoding="utf-8")

@@ -40,8 +40,9 @@ def child(run: str, args: argparse.Namespace) -> None:
     method_args, lr = RUNS[run]
     cfg = validate_config({
         "model": "minilm", "task": "extractive_qa", "method": run, "method_args": method_args,
+        "task_args": {"doc_stride": 128},
         "data": {"train": train, "eval": evals, "format": "squad"},
-        "train": {"epochs": args.epochs, "batch_size": 16, "lr": lr, "max_length": 384, "doc_stride": 128,
+        "train": {"epochs": args.epochs, "batch_size": 16, "lr": lr, "max_length": 384,
                   "num_threads": args.threads, "seed": 0},
         "output_dir": tempfile.mkdtemp() + "/run",
     })

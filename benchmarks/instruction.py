@@ -36,8 +36,9 @@ def main() -> None:
 
     cfg = validate_config({
         "model": "smollm2", "task": "instruction", "method": "lora", "method_args": {"r": 16, "alpha": 32},
+        "task_args": {"eval_max_examples": 0},
         "data": {"train": str(DATA), "format": "alpaca", "eval_fraction": 25 / 175},
-        "train": {"epochs": args.epochs, "batch_size": 8, "lr": 5e-4, "max_length": 320, "eval_max_examples": 0,
+        "train": {"epochs": args.epochs, "batch_size": 8, "lr": 5e-4, "max_length": 320,
                   "num_threads": args.threads, "seed": 0, "log_every": 5},
         "output_dir": tempfile.mkdtemp() + "/run",
     })
@@ -45,9 +46,9 @@ def main() -> None:
     _, task, model = load_run(result.run_dir)
     task.prepare()  # the same seeded split: the held-out tasks
     shown = task.eval_examples[:args.show]
-    tuned = task.generate_for(model, shown, max_new_tokens=80)
+    tuned = task.generate_examples(model, shown, max_new_tokens=80)
     with lt.disable_adapters(model):
-        base = task.generate_for(model, shown, max_new_tokens=80)
+        base = task.generate_examples(model, shown, max_new_tokens=80)
     print(f"\nAlpaca seed tasks, SmolLM2-135M-Instruct + LoRA r=16 (all linear layers), {result.data_report['train']} "
           f"train / {result.data_report['eval']} held-out tasks, {result.steps} steps x batch 8, "
           f"{result.train_seconds:.0f} s, peak RSS {peak_rss_mb():.0f} MB\n")

@@ -76,8 +76,9 @@ def lm_config(data: str, steps: int, threads: int, **train: Any) -> dict[str, An
     return {
         "model": "smollm2", "task": "instruction", "method": "lora",
         "method_args": {k: v for k, v in LORA_LM.items()},
+        "task_args": {"eval_max_examples": 0},
         "data": {"train": data, "format": "alpaca", "eval_fraction": 25 / 175},
-        "train": {"max_steps": steps, "batch_size": 8, "lr": 5e-4, "max_length": 320, "eval_max_examples": 0,
+        "train": {"max_steps": steps, "batch_size": 8, "lr": 5e-4, "max_length": 320,
                   "eval_before": False, "num_threads": threads, "seed": 0, "log_every": 1, **train},
         "output_dir": tempfile.mkdtemp() + "/run",
     }
@@ -149,9 +150,9 @@ def run_peer(cfg_dict: dict[str, Any], classification: bool, trainer: bool) -> d
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
     from leantune.config import validate_config
+    from leantune.models.loading import load_tokenizer
     from leantune.models.registry import resolve_model
     from leantune.tasks import make_task
-    from leantune.train.runs import load_tokenizer
 
     cfg = validate_config(cfg_dict)
     tc = cfg.train
@@ -159,7 +160,7 @@ def run_peer(cfg_dict: dict[str, Any], classification: bool, trainer: bool) -> d
     torch.manual_seed(0)
     path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(path)
-    task = make_task(cfg, tokenizer, model_path=path)
+    task = make_task(cfg, tokenizer, path)
     train_f, eval_f = task.prepare()
     if classification:
         from transformers import AutoModelForSequenceClassification

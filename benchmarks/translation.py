@@ -27,13 +27,14 @@ def config(run: str, args: argparse.Namespace, out: str) -> dict:
     return {
         "model": "smollm2", "task": "translation", "method": method,
         "method_args": LORA if method == "lora" else {},
+        "task_args": {"source_lang": "English", "target_lang": "German",
+                      "train_target": subset_lines(DATA / "train.de.gz", args.train_pairs),
+                      "eval_target": subset_lines(DATA / "test_2016_flickr.de.gz", args.test),
+                      "eval_max_examples": args.test, "max_new_tokens": 64},
         "data": {"train": subset_lines(DATA / "train.en.gz", args.train_pairs),
-                 "train_target": subset_lines(DATA / "train.de.gz", args.train_pairs),
-                 "eval": subset_lines(DATA / "test_2016_flickr.en.gz", args.test),
-                 "eval_target": subset_lines(DATA / "test_2016_flickr.de.gz", args.test),
-                 "source_lang": "English", "target_lang": "German"},
+                 "eval": subset_lines(DATA / "test_2016_flickr.en.gz", args.test)},
         "train": {"max_steps": 0 if run == "zero-shot" else args.steps, "batch_size": args.batch_size,
-                  "lr": LR.get(run, 1e-3), "max_length": 160, "eval_max_examples": args.test, "max_new_tokens": 64,
+                  "lr": LR.get(run, 1e-3), "max_length": 160,
                   "num_threads": args.threads, "eval_before": False, "seed": 0, "log_every": 10},
         "output_dir": out,
     }
@@ -53,12 +54,12 @@ def child(run: str, args: argparse.Namespace) -> None:
         return
     import torch
 
+    from leantune.models.loading import load_tokenizer
     from leantune.models.registry import resolve_model
     from leantune.tasks import make_task
-    from leantune.train.runs import load_tokenizer
 
     path = resolve_model("smollm2")
-    task = make_task(cfg, load_tokenizer(path), model_path=path)
+    task = make_task(cfg, load_tokenizer(path), path)
     train_f, eval_f = task.prepare()
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model, seconds, trainable = peft_trainer_run(task, task.build_model(path), train_f,

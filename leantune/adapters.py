@@ -24,13 +24,12 @@ from leantune.methods.base import (
     MethodConfig,
     ModulesToSave,
     get_state,
-    replace_module,
     require_state,
-    wrap_modules_to_save,
 )
+from leantune.methods.targeting import wrap_modules_to_save
 from leantune.models.quantize import dequantize_model, is_quantized, quantized_weight_count
 from leantune.models.targets import default_head_modules
-from leantune.train.distributed import full_tensor
+from leantune.tensors import full_tensor
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -323,9 +322,9 @@ def merge(model: nn.Module) -> nn.Module:
         if isinstance(module, AdapterLayer):
             if name is not None and name in module.adapter_names:
                 module.merge(name)
-            replace_module(model, mname, module.base_layer)
+            model.set_submodule(mname, module.base_layer)
         elif isinstance(module, ModulesToSave):
-            replace_module(model, mname, module.current())
+            model.set_submodule(mname, module.current())
     method.detach(model)
     del model.__dict__["_leantune"]
     for p in model.parameters():

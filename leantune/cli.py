@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 
 from leantune.errors import LeantuneError
+from leantune.methods.registry import METHOD_NAMES
+from leantune.tasks import TASK_NAMES
 from leantune.train.guards import TrainingInterrupted
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -91,7 +93,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
 
 def _load_run(run_dir: str):
     """(config, task, model on the best device, device) of a finished run."""
-    from leantune.train.loop import pick_device
+    from leantune.train.device import pick_device
     from leantune.train.runs import load_run
 
     cfg, task, model = load_run(run_dir)
@@ -104,32 +106,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
     _, task, model, device = _load_run(args.run_dir)
-    items, features = task.read_file(args.data, args.format, need_labels=True, target=args.target)
-    metrics = task.evaluate_file(model, items, features, device)
+    records, features = task.read_file(args.data, args.format, labelled=True, target=args.target)
+    metrics = task.evaluate_file(model, records, features, device)
     print(json.dumps(metrics, indent=2))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    """Predict labels (with probabilities) for every row of a file; write CSV or JSONL."""
+    """Predict for every row of a file (labels with probabilities, answers, translations); write CSV or JSONL."""
     from pathlib import Path
 
     from leantune.data.writers import write_rows
 
-    cfg, task, model, device = _load_run(args.run_dir)
-    items, features = task.read_file(args.input, args.format, need_labels=False, target=args.target)
-    rows = task.predict(model, items, features, device)
-    full = [{**_input_fields(cfg, item), **row} for item, row in zip(items, rows, strict=True)]
-    write_rows(Path(args.output), full)
-    print(f"wrote {len(full)} predictions to {args.output}")
-
-
-def _input_fields(cfg, item) -> dict:
-    """What identifies a prediction's input in the output file."""
-    if cfg.task == "classification":
-        return {cfg.data.text_column: item[cfg.data.text_column]}
-    if cfg.task == "extractive_qa":
-        return {"question": item["question"]}
-    return {"input": item.meta.get("source") or item.messages[-1]["content"]}
+    _, task, model, device = _load_run(args.run_dir)
+    records, features = task.read_file(args.input, args.format, labelled=False, target=args.target)
+    rows = task.predict(model, records, features, device)
+    write_rows(Path(args.output), rows)
+    print(f"wrote {len(rows)} predictions to {args.output}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -141,13 +133,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompts = [args.prompt] if args.prompt is not None else [
         line for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
     _, task, model, _ = _load_run(args.run_dir)
-    if not hasattr(task, "generate_for"):
-        raise LeantuneError(f"{args.run_dir} is a {task.name} run; generate works for instruction and translation runs.")
-    from leantune.tasks.generative import Example
-
-    examples = [Example([{"role": "user", "content": p}], "") for p in prompts]
-    outputs = task.generate_for(model, examples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p)
+    if not task.generates:
+        raise LeantuneError(f"{args.run_dir} is a {task.name} run; generate works for runs of tasks that write text "
+                            "(instruction, translation).")
+    outputs = task.generate(model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p)
     for prompt, out in zip(prompts, outputs, strict=True):
         if len(prompts) > 1:
             print(f">>> {prompt}")
@@ -188,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", required=True)
     p.add_argument("--target", help="translation: the aligned reference file for --data")
-    p.add_argument("--format", default="auto")
+    p.add_argument("--format", default="auto", help="file format (or record style); auto: from the file")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict labels for a file")
+    p = sub.add_parser("predict", help="predict for every row of a file (labels, answers, translations)")
     p.add_argument("run_dir")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True, help="a .csv, .tsv or .jsonl file")
@@ -208,15 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("demo", help="fine-tune MiniLM on the built-in sentiment sample (about a minute on CPU)")
-    p.add_argument("--method", default="lora")
+    p = sub.add_parser("demo", help="fine-tune MiniLM on the built-in sentiment sample (about 20 s on 2 idle CPU cores)")
+    p.add_argument("--method", default="lora", choices=METHOD_NAMES)
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("methods", help="trainable parameters of every method on a model")
     p.add_argument("--model", default="minilm", help="alias (minilm, smollm2), local folder or hub id")
-    p.add_argument("--task", default="classification", choices=["classification", "causal_lm"])
+    p.add_argument("--task", default="classification", choices=TASK_NAMES, help="the task whose model (head) to use")
     p.set_defaults(func=cmd_methods)
     return parser
 

@@ -7,12 +7,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from leantune.errors import LeantuneError
-from leantune.methods.catalog import METHOD_NAMES, method_config
-
-TASKS = ("classification", "instruction", "translation", "extractive_qa")
+from leantune.methods.base import MethodConfig
+from leantune.methods.registry import METHOD_NAMES, REGISTRY, method_config
+from leantune.tasks import TASK_NAMES, TaskArgs, task_class
 
 
 class _Strict(BaseModel):
@@ -33,33 +42,16 @@ class CleanConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where the examples are and which columns hold what."""
+    """Where the examples are and how they are read and cleaned (the fields a task reads are in its task_args)."""
 
     train: str
     eval: str | None = None
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "lines", "hf", "text",
                     "alpaca", "chat", "prompt_completion", "squad"] = "auto"
     """File format; for instruction data also the record style (alpaca, chat, prompt_completion, squad)."""
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    multi_label: bool = False
-    label_separator: str = ","
-    """For multi-label data stored as text: labels joined by this separator."""
     train_split: str = "train"
     eval_split: str | None = None
     """For hub datasets / saved DatasetDicts: split names."""
-    train_target: str | None = None
-    eval_target: str | None = None
-    """Translation from two aligned files: data.train holds the source lines, data.train_target the targets."""
-    source_column: str = "source"
-    target_column: str = "target"
-    source_lang: str | None = None
-    target_lang: str | None = None
-    system_prompt: str | None = None
-    template: Literal["auto", "chat", "plain"] = "auto"
-    """Prompt template for generative tasks: the model's chat template (auto, when it has one) or leantune's plain
-    '### Instruction / ### Input / ### Response' template."""
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     """Held out (stratified, seeded) when no eval file is given."""
     clean: CleanConfig = CleanConfig()
@@ -115,12 +107,6 @@ class TrainConfig(_Strict):
     """Steps with a NaN/Inf loss or gradient are skipped with a warning; after this many the run stops."""
     spike_factor: float | None = Field(None, gt=1)
     """Warn (and log) when a step's loss exceeds this factor x the median of the last 20 steps."""
-    eval_max_examples: int | None = Field(100, ge=0)
-    """Generative tasks: how many eval examples are generated for the metrics (None: all; 0: loss only)."""
-    max_new_tokens: int = Field(64, gt=0)
-    doc_stride: int | None = Field(None, gt=0)
-    """Extractive QA: overlap between the windows of a long context (default: a third of max_length)."""
-    max_answer_length: int = Field(30, gt=0)
 
 
 class DistributedConfig(_Strict):
@@ -138,16 +124,19 @@ class RunConfig(_Strict):
 
     model: str
     """Embedded alias (minilm, smollm2), a local folder, or a hub id."""
-    task: Literal["classification", "instruction", "translation", "extractive_qa"] = "classification"
-    method: str = "lora"
-    method_args: dict[str, Any] = Field(default_factory=dict)
+    task: Literal[TASK_NAMES] = "classification"  # type: ignore[valid-type]
+    task_args: SerializeAsAny[TaskArgs] = Field(default_factory=TaskArgs, validate_default=True)
+    """The task's own settings, validated by the task (leantune/tasks/): e.g. classification's text_column and
+    pooling, translation's source_lang and target_lang, instruction's max_new_tokens, extractive QA's doc_stride."""
+    method: Literal[METHOD_NAMES] = "lora"  # type: ignore[valid-type]
+    """A name from leantune/methods/registry.py (dora: LoRA with use_dora)."""
+    method_args: SerializeAsAny[MethodConfig] = Field(default_factory=MethodConfig, validate_default=True)
+    """The method's settings, validated by the method's config class (lora and dora: LoraConfig's r, alpha ...)."""
     quantize: Literal["none", "nf4", "int8"] = "none"
     """Store the frozen base's linear layers in 4-bit NF4 or int8 (QLoRA); the adapter trains on top in full
     precision. Heads and the LM head stay as they are."""
     quantize_backend: Literal["auto", "leantune", "bitsandbytes"] = "auto"
     """auto: bitsandbytes on CUDA when installed, else leantune's portable PyTorch path (any device)."""
-    pooling: Literal["auto", "mean", "cls", "last"] = "auto"
-    """Classification pooling; auto: what a sentence-transformers checkpoint was trained with, else the model's own."""
     data: DataConfig
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -157,31 +146,57 @@ class RunConfig(_Strict):
     allow_pickle_weights: bool = False
     """Read model weights from pickle (.bin) files when a model has no safetensors (pickle can run code)."""
 
+    @field_validator("task_args", mode="before")
+    @classmethod
+    def _task_args(cls, value: Any, info: ValidationInfo) -> Any:
+        """Validate ``task_args`` with the schema of the task the config names."""
+        if "task" not in info.data:
+            return TaskArgs()  # the task itself is wrong: that error is enough
+        schema = task_class(info.data["task"]).Args
+        if isinstance(value, schema):
+            return value
+        return schema.model_validate(value.model_dump() if isinstance(value, BaseModel) else value or {})
+
+    @field_validator("method_args", mode="before")
+    @classmethod
+    def _method_args(cls, value: Any, info: ValidationInfo) -> Any:
+        """Validate ``method_args`` with the config class of the method the config names."""
+        if "method" not in info.data:
+            return MethodConfig()  # the method itself is wrong: that error is enough
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("method_args must be a mapping of the method's settings, e.g. {r: 8}")
+        return method_config(info.data["method"], value)
+
     @model_validator(mode="after")
     def _check_method(self) -> RunConfig:
-        if self.method not in METHOD_NAMES:
-            raise ValueError(f"method: '{self.method}' is not a method; choose one of {', '.join(METHOD_NAMES)}")
-        method_config(self.method, self.method_args)  # raises with the offending method_args key
-        if self.train.doc_stride is not None and self.train.doc_stride >= self.train.max_length // 2:
-            raise ValueError(f"train.doc_stride ({self.train.doc_stride}) must be below half of train.max_length "
-                             f"({self.train.max_length})")
+        task_class(self.task).check_config(self)
         if self.quantize != "none" and self.method == "full":
             raise ValueError(f"quantize: {self.quantize} freezes the base in low precision; full fine-tuning needs "
                              "its weights in full precision (use a LoRA-family method, or quantize: none)")
-        if self.train.packing and self.task not in ("instruction", "translation"):
-            raise ValueError(f"train.packing is for causal-LM tasks (instruction, translation), not {self.task}")
         if self.train.packing and self.method in ("prompt", "prefix"):
             raise ValueError(f"train.packing cannot be combined with method {self.method} (virtual tokens belong to "
                              "one sequence per row); turn packing off")
-        if self.task == "translation" and not (self.data.source_lang and self.data.target_lang):
-            raise ValueError("task translation needs data.source_lang and data.target_lang (e.g. English, German)")
         return self
 
 
-def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The keys allowed at ``loc`` (the parent of an unknown key)."""
+def _valid_keys(model: type[BaseModel], loc: tuple, raw: dict[str, Any]) -> list[str]:
+    """The keys allowed at ``loc`` (the parent of an unknown key) of the config ``raw``."""
     current: Any = model
-    for part in loc:
+    for depth, part in enumerate(loc):
+        if depth == 0 and part == "task_args":  # its schema is the task's
+            try:
+                current = task_class(raw.get("task", "classification")).Args
+            except ValueError:
+                return []
+            continue
+        if depth == 0 and part == "method_args":  # its schema is the method's
+            spec = REGISTRY.get(raw.get("method", "lora"))
+            if spec is None:
+                return []
+            current = spec.config_cls
+            continue
         field = current.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return []
@@ -190,17 +205,34 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if current is None:
             return []
+    if issubclass(current, MethodConfig):  # the method's own settings first, then the shared ones
+        return sorted(current.model_fields, key=lambda k: k in MethodConfig.model_fields)
     return list(current.model_fields)
 
 
-def format_validation_error(e: ValidationError, source: str) -> str:
+MOVED_TO_TASK_ARGS = {
+    "pooling", "data.text_column", "data.text_pair_column", "data.label_column", "data.multi_label",
+    "data.label_separator", "data.template", "data.system_prompt", "data.train_target", "data.eval_target",
+    "data.source_column", "data.target_column", "data.source_lang", "data.target_lang", "train.eval_max_examples",
+    "train.max_new_tokens", "train.doc_stride", "train.max_answer_length",
+}
+"""Keys of older configs that are now the task's own settings (``task_args.<name>``)."""
+
+
+def format_validation_error(e: ValidationError, source: str, raw: dict[str, Any] | None = None) -> str:
+    """One line for every problem of the config ``raw`` read from ``source``, each naming its key."""
     lines = []
     for err in e.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            valid = _valid_keys(RunConfig, loc[:-1])
-            lines.append(f"unknown key '{key}'" + (f"; valid keys: {', '.join(valid)}" if valid else ""))
+            valid = _valid_keys(RunConfig, loc[:-1], raw or {})
+            where = {"task_args": f" of task {(raw or {}).get('task', 'classification')}",
+                     "method_args": f" of method {(raw or {}).get('method', 'lora')}"}.get(loc[0], "")
+            if key in MOVED_TO_TASK_ARGS:
+                lines.append(f"unknown key '{key}': it is a task setting now, task_args.{loc[-1]}")
+                continue
+            lines.append(f"unknown key '{key}'" + (f"; valid keys{where}: {', '.join(valid)}" if valid else ""))
         elif err["type"] == "missing":
             lines.append(f"missing key '{key}'")
         else:
@@ -244,7 +276,7 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig(**raw)
     except ValidationError as e:
-        raise LeantuneError(format_validation_error(e, source)) from None
+        raise LeantuneError(format_validation_error(e, source, raw)) from None
     except LeantuneError as e:
         raise LeantuneError(f"{source}: {e}") from None
 

@@ -29,8 +29,8 @@ def trained_run(tmp_path_factory):
     train = write_csv(tmp / "train.csv", sentiment_rows(400, seed=1))
     dev = write_csv(tmp / "dev.csv", sentiment_rows(60, seed=2))
     (tmp / "run.yaml").write_text(
-        f"model: {model}\ntask: classification\nmethod: lora\nmethod_args: {{r: 4, alpha: 8}}\n"
-        f"data: {{train: {train}, eval: {dev}, format: csv, text_column: text, label_column: label}}\n"
+        f"model: {model}\ntask: classification\ntask_args: {{text_column: text, label_column: label}}\n"
+        f"method: lora\nmethod_args: {{r: 4, alpha: 8}}\ndata: {{train: {train}, eval: {dev}, format: csv}}\n"
         f"train: {{epochs: 10, batch_size: 16, lr: 1.0e-2, max_length: 32, seed: 0, eval_every: 50}}\n"
         f"output_dir: {tmp / 'run'}\n"
     )
@@ -113,9 +113,10 @@ def generative_setup(tmp_path_factory):
 
 
 GEN_CASES = {
-    "instruction": ("llama", "data: {{train: {tmp}/inst.jsonl, format: alpaca}}"),
-    "translation": ("t5", "data: {{train: {tmp}/train.en.gz, train_target: {tmp}/train.de.gz, "
-                          "source_lang: English, target_lang: German}}"),
+    "instruction": ("llama", "task_args: {{eval_max_examples: 4, max_new_tokens: 4}}\n"
+                             "data: {{train: {tmp}/inst.jsonl, format: alpaca}}"),
+    "translation": ("t5", "task_args: {{source_lang: English, target_lang: German, train_target: {tmp}/train.de.gz, "
+                          "eval_max_examples: 4, max_new_tokens: 4}}\ndata: {{train: {tmp}/train.en.gz}}"),
     "extractive_qa": ("bert", "data: {{train: {tmp}/squad.json, format: squad, eval_fraction: 0.3}}"),
 }
 
@@ -127,7 +128,7 @@ def test_train_eval_predict_generate_for_each_task(generative_setup, task):
     run = tmp / f"run-{task}"
     (tmp / f"{task}.yaml").write_text(
         f"model: {generative_setup[model_key]}\ntask: {task}\nmethod: lora\n" + data.format(tmp=tmp) + "\n"
-        f"train: {{max_steps: 4, batch_size: 4, lr: 1.0e-3, max_length: 48, eval_max_examples: 4, max_new_tokens: 4}}\n"
+        f"train: {{max_steps: 4, batch_size: 4, lr: 1.0e-3, max_length: 48}}\n"
         f"output_dir: {run}\n")
     proc = leantune("train", str(tmp / f"{task}.yaml"), "--quiet")
     assert "after" in proc.stdout
@@ -152,7 +153,8 @@ def test_zero_shot_run_with_max_steps_zero(generative_setup):
     tmp = generative_setup["tmp"]
     (tmp / "zero.yaml").write_text(
         f"model: {generative_setup['llama']}\ntask: instruction\nmethod: lora\n"
-        f"data: {{train: {tmp}/inst.jsonl}}\ntrain: {{max_steps: 0, eval_max_examples: 2, max_new_tokens: 2}}\n"
+        f"task_args: {{eval_max_examples: 2, max_new_tokens: 2}}\n"
+        f"data: {{train: {tmp}/inst.jsonl}}\ntrain: {{max_steps: 0}}\n"
         f"output_dir: {tmp / 'zero'}\n")
     leantune("train", str(tmp / "zero.yaml"), "--quiet")
     assert {"exact_match", "eval_loss"} <= set(json.loads((tmp / "zero" / "metrics.json").read_text()))

@@ -6,10 +6,10 @@ import html
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from leantune.config import CleanConfig
+if TYPE_CHECKING:
+    from leantune.config import CleanConfig
 
 _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
@@ -27,10 +27,10 @@ def clean_text(text: str, cfg: CleanConfig) -> str:
     return text
 
 
-def clean_records(
-    records: list[dict[str, Any]], cfg: CleanConfig, fields: list[str], key: Callable[[dict], Any] | None = None
-) -> tuple[list[dict[str, Any]], Counter]:
-    """Clean ``fields`` of every record and drop empty, too short/long and duplicate ones; return the counts."""
+def clean_records(records: list[dict[str, Any]], cfg: CleanConfig,
+                  fields: list[str]) -> tuple[list[dict[str, Any]], Counter]:
+    """Clean ``fields`` of every record and drop empty, too short/long and duplicate ones (same ``fields``);
+    return the kept records and the counts of what was dropped."""
     report: Counter = Counter()
     kept, seen = [], set()
     for rec in records:
@@ -49,10 +49,10 @@ def clean_records(
             report[f"longer than {cfg.max_chars} chars"] += 1
             continue
         if cfg.drop_duplicates:
-            k = key(rec) if key else tuple(rec.get(f) for f in fields)
-            if k in seen:
+            identity = tuple(rec.get(f) for f in fields)
+            if identity in seen:
                 report["duplicate"] += 1
                 continue
-            seen.add(k)
+            seen.add(identity)
         kept.append(rec)
     return kept, report

@@ -84,16 +84,15 @@ class _NoCtx:
 
 
 # Model types whose LM head is a plain linear layer applied to the final hidden states (no soft-capping, no
-# logit scale), so the head can be taken out of the forward pass and fused with the loss.
-PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "olmo", "olmo2", "smollm3", "phi3", "granite"}
+# logit scale, so not granite, which divides the logits by logits_scaling): the head can be taken out of the
+# forward pass and fused with the loss.
+PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "olmo", "olmo2", "smollm3", "phi3"}
 
 
 def fusable_head(model: nn.Module) -> nn.Linear | None:
     """The model's LM head when leantune can fuse it with the loss, else None."""
     if getattr(model.config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
         return None
-    if getattr(model.config, "model_type", None) == "granite":
-        return None  # granite divides logits by logits_scaling
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return head if type(head) is nn.Linear else None
 
@@ -103,12 +102,10 @@ def hidden_states_as_logits(model: nn.Module, head: nn.Module) -> Iterator[None]
     """Within the block the model's LM head is the identity: ``.logits`` holds the final hidden states."""
     for name, module in model.named_modules():
         if module is head:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, nn.Identity())
+            model.set_submodule(name, nn.Identity())
             try:
                 yield
             finally:
-                setattr(parent, child, head)
+                model.set_submodule(name, head)
             return
     raise RuntimeError("the LM head is not a submodule of the model")

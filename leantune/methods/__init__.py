@@ -1,52 +1,31 @@
-"""The PEFT methods, one file each. ``METHODS`` maps the names used in configs to their implementation."""
+"""The PEFT methods, one file each, on the shared ``base.py`` and ``targeting.py``; ``registry.py`` names them.
+
+Each method file holds its config (a :class:`~leantune.methods.base.MethodConfig`, peft's ``adapter_config.json``
+both ways) and its :class:`~leantune.methods.base.Method` (how it injects itself into a model). LoRA's variants
+plug into ``lora_variant.py``'s seam (DoRA: ``dora.py``). :data:`~leantune.methods.registry.REGISTRY` maps the
+names used in configs and on the CLI to them; ``catalog.py`` counts what each trains on a model.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from leantune.errors import LeantuneError
-from leantune.methods.base import Method, MethodConfig
-from leantune.methods.bitfit import BitFitConfig, BitFitMethod
-from leantune.methods.bottleneck import BottleneckConfig, BottleneckMethod
-from leantune.methods.full import FullConfig, FullMethod
-from leantune.methods.head_only import HeadOnlyConfig, HeadOnlyMethod
-from leantune.methods.ia3 import IA3Config, IA3Method
-from leantune.methods.lora import LoraConfig, LoraMethod
-from leantune.methods.prefix_tuning import PrefixTuningConfig, PrefixTuningMethod
-from leantune.methods.prompt_tuning import PromptTuningConfig, PromptTuningMethod
-
-_ALL: tuple[Method, ...] = (
-    LoraMethod(),
-    IA3Method(),
-    PromptTuningMethod(),
-    PrefixTuningMethod(),
-    BottleneckMethod(),
-    BitFitMethod(),
-    HeadOnlyMethod(),
-    FullMethod(),
+from leantune.methods.bitfit import BitFitConfig
+from leantune.methods.bottleneck import BottleneckConfig
+from leantune.methods.full import FullConfig
+from leantune.methods.head_only import HeadOnlyConfig
+from leantune.methods.ia3 import IA3Config
+from leantune.methods.lora import LoraConfig
+from leantune.methods.prefix_tuning import PrefixTuningConfig
+from leantune.methods.prompt_tuning import PromptTuningConfig
+from leantune.methods.registry import (
+    METHOD_NAMES,
+    REGISTRY,
+    method_config,
+    method_for_config,
+    method_for_peft_type,
 )
-METHODS: dict[str, Method] = {m.name: m for m in _ALL}
-_BY_CONFIG = {m.config_cls: m for m in _ALL}
-_BY_PEFT_TYPE = {m.config_cls.peft_type: m for m in _ALL}
-
-
-def method_for_config(config: MethodConfig) -> Method:
-    try:
-        return _BY_CONFIG[type(config)]
-    except KeyError:
-        raise LeantuneError(f"{type(config).__name__} is not a leantune method config.") from None
-
-
-def method_for_peft_type(peft_type: str | None, source: Path | str = "adapter_config.json") -> Method:
-    try:
-        return _BY_PEFT_TYPE[peft_type]  # type: ignore[index]
-    except KeyError:
-        raise LeantuneError(
-            f"{source}: peft_type {peft_type!r} is not supported; leantune loads {sorted(_BY_PEFT_TYPE)}."
-        ) from None
-
 
 __all__ = [
-    "METHODS", "BitFitConfig", "BottleneckConfig", "FullConfig", "HeadOnlyConfig", "IA3Config", "LoraConfig",
-    "PrefixTuningConfig", "PromptTuningConfig", "method_for_config", "method_for_peft_type",
+    "METHOD_NAMES", "REGISTRY", "BitFitConfig", "BottleneckConfig", "FullConfig", "HeadOnlyConfig", "IA3Config",
+    "LoraConfig", "PrefixTuningConfig", "PromptTuningConfig", "method_config", "method_for_config",
+    "method_for_peft_type",
 ]

@@ -3,13 +3,12 @@
 A method injects *adapter layers* that keep the original module as ``base_layer`` and add their own parameters
 beside it, one set per adapter name (peft's layout, so state-dict keys are the same as peft's). The model keeps a
 small :class:`AdapterState` in ``model._leantune`` that records the method, the adapters' configs and which one is
-active.
+active. Helpers several methods use live here too (layer geometry, the base's biases, model sizes); which modules
+an adapter goes into is ``targeting.py``'s job.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,7 +41,7 @@ class MethodConfig(BaseModel):
         raise NotImplementedError
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> MethodConfig:
+    def from_peft_dict(cls, saved: dict[str, Any]) -> MethodConfig:
         """Build the config from an ``adapter_config.json`` written by leantune or peft."""
         raise NotImplementedError
 
@@ -54,10 +53,11 @@ class AdapterLayer(nn.Module):
     """A module that wraps ``base_layer`` and holds, per adapter name, the parameters a method adds.
 
     Subclasses name their per-adapter containers (``nn.ModuleDict`` or ``nn.ParameterDict``) in
-    ``adapter_containers`` and implement ``forward`` (and ``merge``/``unmerge`` where the maths allows).
+    ``adapter_containers`` (a layer may add one later: a LoRA variant's) and implement ``forward`` (and
+    ``_merge``/``_unmerge`` where the maths allows).
     """
 
-    adapter_containers: ClassVar[tuple[str, ...]] = ()
+    adapter_containers: tuple[str, ...] = ()
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -214,91 +214,7 @@ def require_state(model: nn.Module) -> AdapterState:
     return state
 
 
-# --------------------------------------------------------------------------------------------- targets
-
-
-def target_matches(target: str | list[str] | tuple[str, ...], name: str) -> bool:
-    """peft's rule: a list entry matches ``name`` or a ``.name`` suffix; a string is a full-match regex."""
-    if isinstance(target, str):
-        return re.fullmatch(target, name) is not None
-    return any(name == t or name.endswith("." + t) for t in target)
-
-
-def find_targets(
-    model: nn.Module,
-    target: str | list[str] | tuple[str, ...],
-    allowed: tuple[type, ...],
-    what: str,
-    exclude: list[str] | str | None = None,
-) -> list[str]:
-    """Full names of the modules matched by ``target``; an error that helps when none or the wrong kind match."""
-    skip = protected_prefixes(model)
-    names = []
-    for name, module in model.named_modules():
-        if not name or any(name == s or name.startswith(s + ".") for s in skip):
-            continue
-        if ".base_layer" in name or name.endswith("base_layer"):
-            continue
-        if exclude and target_matches(exclude, name):
-            continue
-        if target_matches(target, name):
-            if isinstance(module, AdapterLayer):
-                module = module.base_layer
-            if not isinstance(module, allowed):
-                kinds = ", ".join(t.__name__ for t in allowed)
-                raise LeantuneError(
-                    f"{what}: target '{name}' is a {type(module).__name__}; this method adapts {kinds} modules. "
-                    "Narrow target_modules so that it names only those."
-                )
-            names.append(name)
-    if not names:
-        examples = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, allowed)})
-        raise LeantuneError(
-            f"{what}: target_modules={target!r} matched no module of {type(model).__name__}. "
-            f"Module names that would fit: {examples[:20]}"
-        )
-    return names
-
-
-def inject_layers(model: nn.Module, targets: list[str], layer_type: type | tuple[type, ...],
-                  make: Callable[[str, nn.Module], AdapterLayer], adapter: str, config: MethodConfig) -> None:
-    """Wrap each target in an adapter layer (``make``), unless it already is one, and add ``adapter`` to it."""
-    for tname in targets:
-        module = model.get_submodule(tname)
-        if not isinstance(module, layer_type):
-            if isinstance(module, AdapterLayer):
-                raise LeantuneError(f"'{tname}' already carries a {type(module).__name__}; one method per model.")
-            module = make(tname, module)
-            replace_module(model, tname, module)
-        module.add(adapter, config)
-
-
-def protected_prefixes(model: nn.Module) -> list[str]:
-    """Modules never targeted by adapters: the copies held for modules_to_save."""
-    return [n for n, m in model.named_modules() if isinstance(m, ModulesToSave)]
-
-
-def portable_target_names(model: nn.Module, chosen: list[str], allowed: tuple[type, ...]) -> list[str]:
-    """The shortest target list that peft would resolve to exactly ``chosen`` (leaf names, else full names)."""
-    leaves = sorted({n.split(".")[-1] for n in chosen})
-    candidates = []
-    for name, module in model.named_modules():
-        base = module.base_layer if isinstance(module, AdapterLayer) else module
-        if name and ".base_layer" not in name and isinstance(base, allowed) and target_matches(leaves, name):
-            candidates.append(name)
-    if sorted(candidates) == sorted(chosen):
-        return leaves
-    return sorted(chosen)
-
-
-def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, child = get_submodule_parent(model, name)
-    setattr(parent, child, new)
+# --------------------------------------------------------------------------------------------- layer geometry
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -314,10 +230,44 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
 
 
 def weight_as_out_in(module: nn.Module) -> torch.Tensor:
-    """The weight as (out_features, in_features), whatever the layer stores."""
+    """The weight as (out_features, in_features), whatever the layer stores (a quantized one is dequantised)."""
     if is_quantized_layer(module):
         return dequantized_weight(module)
     return module.weight.T if is_conv1d(module) else module.weight
+
+
+def weight_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device for parameters added beside ``module``, read without dequantising its weight: a
+    quantized layer's original dtype, float32 beside bitsandbytes' packed integer weights."""
+    if isinstance(module, QuantizedLinear):
+        return module.orig_dtype, module.device
+    weight = module.weight
+    return (weight.dtype if weight.is_floating_point() else torch.float32), weight.device
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def base_biases(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every bias of the base model, by full name (the copies kept for modules_to_save excluded)."""
+    return {
+        n: p
+        for n, p in model.named_parameters()
+        if n.endswith("bias") and ".original_module." not in n and ".modules_to_save." not in n
+        and not n.startswith(("original_module.", "modules_to_save."))
+        and "prompt_encoder." not in n
+    }
+
+
+def model_dims(model: nn.Module) -> dict[str, int]:
+    """Hidden size, layer and head counts of a transformers model (names differ between architectures)."""
+    c = model.config
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or getattr(c, "n_embd", None)
+    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "num_layers", None) or getattr(c, "n_layer", None)
+    heads = getattr(c, "num_attention_heads", None) or getattr(c, "num_heads", None) or getattr(c, "n_head", None)
+    if not (hidden and layers and heads):
+        raise LeantuneError(f"Cannot read hidden size / layers / heads from {type(c).__name__}.")
+    return {"hidden": hidden, "layers": layers, "heads": heads}
 
 
 # --------------------------------------------------------------------------------------------- method
@@ -377,7 +327,7 @@ class Method:
                 module.delete_adapter(name)
                 if not module.adapter_names:
                     inner = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
-                    replace_module(model, mname, inner)
+                    model.set_submodule(mname, inner)
 
     def activate(self, model: nn.Module, name: str | None, disabled: bool) -> None:
         """Route every wrapper to adapter ``name`` (or to the base when ``disabled``)."""
@@ -385,27 +335,3 @@ class Method:
             if isinstance(module, (AdapterLayer, ModulesToSave)):
                 module.active_adapter = name
                 module.adapters_disabled = disabled
-
-
-def wrap_modules_to_save(model: nn.Module, names: list[str], adapter: str) -> list[str]:
-    """Wrap each module named in ``names`` (peft's suffix rule) so adapter ``adapter`` trains a copy of it."""
-    found = []
-    for mname, module in list(model.named_modules()):
-        if not mname or not target_matches(names, mname) or ".original_module" in mname:
-            continue
-        if ".modules_to_save." in mname:
-            continue
-        if not isinstance(module, ModulesToSave):
-            if isinstance(module, AdapterLayer):
-                raise LeantuneError(f"'{mname}' is both an adapter target and in modules_to_save; choose one.")
-            wrapper = ModulesToSave(module)
-            replace_module(model, mname, wrapper)
-            module = wrapper
-        module.add(adapter)
-        found.append(mname)
-    if names and not found:  # peft lists e.g. ["classifier", "score"] for any classifier: one match suffices
-        raise LeantuneError(
-            f"modules_to_save names {names}, which match no module of {type(model).__name__}. "
-            f"Top-level modules: {[n for n, _ in model.named_children()]}"
-        )
-    return list(dict.fromkeys(names))

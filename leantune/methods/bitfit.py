@@ -11,8 +11,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from leantune.errors import LeantuneError
-from leantune.methods.base import Method, MethodConfig
-from leantune.methods.lora import base_biases
+from leantune.methods.base import Method, MethodConfig, base_biases
 
 
 class BitFitConfig(MethodConfig):
@@ -24,8 +23,8 @@ class BitFitConfig(MethodConfig):
         return {"peft_type": "BITFIT", "modules_to_save": resolved.get("modules_to_save")}
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> BitFitConfig:
-        return cls(modules_to_save=d.get("modules_to_save"))
+    def from_peft_dict(cls, saved: dict[str, Any]) -> BitFitConfig:
+        return cls(modules_to_save=saved.get("modules_to_save"))
 
 
 class BitFitMethod(Method):

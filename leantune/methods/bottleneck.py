@@ -20,10 +20,10 @@ from leantune.methods.base import (
     AdapterLayer,
     Method,
     MethodConfig,
-    find_targets,
     in_out_features,
-    inject_layers,
+    weight_dtype_device,
 )
+from leantune.methods.targeting import find_targets, inject_layers
 from leantune.models.targets import arch_targets
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -44,13 +44,13 @@ class BottleneckConfig(MethodConfig):
     """Output projections to put adapters after; None: from ``style`` and the architecture."""
 
     def peft_dict(self, resolved: dict[str, Any]) -> dict[str, Any]:
-        d = self.model_dump(exclude={"modules_to_save", "target_modules"})
-        return {"peft_type": "BOTTLENECK", **d, "target_modules": resolved["target_modules"],
+        settings = self.model_dump(exclude={"modules_to_save", "target_modules"})
+        return {"peft_type": "BOTTLENECK", **settings, "target_modules": resolved["target_modules"],
                 "modules_to_save": resolved.get("modules_to_save")}
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> BottleneckConfig:
-        fields = {k: v for k, v in d.items() if k in cls.model_fields}
+    def from_peft_dict(cls, saved: dict[str, Any]) -> BottleneckConfig:
+        fields = {k: v for k, v in saved.items() if k in cls.model_fields}
         return cls(**fields)
 
 
@@ -69,9 +69,9 @@ class BottleneckLayer(AdapterLayer):
     def add(self, name: str, cfg: BottleneckConfig) -> None:
         _, hidden = in_out_features(self.base_layer)
         size = cfg.bottleneck_size or max(1, hidden // cfg.reduction_factor)
-        w = self.base_layer.weight
-        self.adapter_down[name] = nn.Linear(hidden, size, device=w.device, dtype=w.dtype)
-        self.adapter_up[name] = nn.Linear(size, hidden, device=w.device, dtype=w.dtype)
+        dtype, device = weight_dtype_device(self.base_layer)  # a quantized base is not dequantised for this
+        self.adapter_down[name] = nn.Linear(hidden, size, device=device, dtype=dtype)
+        self.adapter_up[name] = nn.Linear(size, hidden, device=device, dtype=dtype)
         act: list[nn.Module] = [_ACTIVATIONS[cfg.non_linearity]()]
         if cfg.dropout > 0:
             act.append(nn.Dropout(cfg.dropout))

@@ -1,45 +1,11 @@
-"""Every method with its default settings, and what each trains on a given model."""
+"""What every method, with its default settings, trains on a given model (``leantune methods``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from leantune.errors import LeantuneError
-from leantune.methods import (
-    BitFitConfig,
-    BottleneckConfig,
-    FullConfig,
-    HeadOnlyConfig,
-    IA3Config,
-    LoraConfig,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-)
-from leantune.methods.base import MethodConfig
-
-# The names used by configs and the CLI (``method: dora`` is LoRA with use_dora).
-METHOD_NAMES = ("lora", "dora", "ia3", "prompt", "prefix", "bottleneck", "bitfit", "head", "full")
-
-
-def method_config(name: str, args: dict[str, Any] | None = None) -> MethodConfig:
-    """The config for method ``name`` with ``args`` (validated: unknown keys and wrong types are errors)."""
-    args = dict(args or {})
-    factories = {
-        "lora": LoraConfig, "ia3": IA3Config, "prompt": PromptTuningConfig, "prefix": PrefixTuningConfig,
-        "bottleneck": BottleneckConfig, "bitfit": BitFitConfig, "head": HeadOnlyConfig, "full": FullConfig,
-    }
-    if name == "dora":
-        args["use_dora"] = True
-        name = "lora"
-    if name not in factories:
-        raise LeantuneError(f"unknown method '{name}'; choose one of: {', '.join(METHOD_NAMES)}")
-    from pydantic import ValidationError
-
-    try:
-        return factories[name](**args)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or name}: {err['msg']}" for err in e.errors())
-        raise LeantuneError(f"method_args for {name}: {problems}") from None
+from leantune.methods.registry import METHOD_NAMES, method_config
 
 
 def method_table(model_name: str, task: str) -> list[dict[str, Any]]:
@@ -63,8 +29,9 @@ def method_table(model_name: str, task: str) -> list[dict[str, Any]]:
 
 
 def _load(path: str, task: str):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    """The model ``task`` trains on the base at ``path`` (a classifier gets its config's label count, 2)."""
+    from transformers import AutoConfig
 
-    if task == "classification":
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    return AutoModelForCausalLM.from_pretrained(path)
+    from leantune.tasks import task_class
+
+    return task_class(task).model_class(AutoConfig.from_pretrained(path)).from_pretrained(path)

@@ -23,7 +23,7 @@ class FullConfig(MethodConfig):
         return {"peft_type": "FULL"}
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> FullConfig:
+    def from_peft_dict(cls, saved: dict[str, Any]) -> FullConfig:
         return cls()
 
 

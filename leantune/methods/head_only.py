@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from leantune.errors import LeantuneError
-from leantune.methods.base import Method, MethodConfig
+from leantune.methods.base import Method, MethodConfig, ModulesToSave
+from leantune.models.targets import HEAD_NAMES
 
 
 class HeadOnlyConfig(MethodConfig):
@@ -24,8 +25,8 @@ class HeadOnlyConfig(MethodConfig):
         return {"peft_type": "HEAD_ONLY", "modules_to_save": resolved.get("modules_to_save")}
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> HeadOnlyConfig:
-        return cls(modules_to_save=d.get("modules_to_save"))
+    def from_peft_dict(cls, saved: dict[str, Any]) -> HeadOnlyConfig:
+        return cls(modules_to_save=saved.get("modules_to_save"))
 
 
 class HeadOnlyMethod(Method):
@@ -33,15 +34,9 @@ class HeadOnlyMethod(Method):
     config_cls = HeadOnlyConfig
 
     def inject(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, Any]:
-        if not self.adapter_tensors_exist(model, name):
+        if not any(isinstance(m, ModulesToSave) and name in m.adapter_names for m in model.modules()):
             raise LeantuneError(
                 f"Head-only training needs a task head, and {type(model).__name__} has none that leantune knows "
-                "(classifier, score, qa_outputs). Name it in modules_to_save."
+                f"({', '.join(HEAD_NAMES)}). Name it in modules_to_save."
             )
         return {}
-
-    @staticmethod
-    def adapter_tensors_exist(model: nn.Module, name: str) -> bool:
-        from leantune.methods.base import ModulesToSave
-
-        return any(isinstance(m, ModulesToSave) and name in m.adapter_names for m in model.modules())

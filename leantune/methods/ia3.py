@@ -18,13 +18,16 @@ from leantune.methods.base import (
     Method,
     MethodConfig,
     in_out_features,
-    inject_layers,
     is_conv1d,
-    portable_target_names,
-    target_matches,
     weight_as_out_in,
+    weight_dtype_device,
 )
-from leantune.methods.lora import resolve_linear_targets
+from leantune.methods.targeting import (
+    inject_layers,
+    portable_target_names,
+    resolve_linear_targets,
+    target_matches,
+)
 from leantune.models.targets import arch_targets
 
 
@@ -49,12 +52,12 @@ class IA3Config(MethodConfig):
         }
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> IA3Config:
+    def from_peft_dict(cls, saved: dict[str, Any]) -> IA3Config:
         return cls(
-            target_modules=d.get("target_modules"),
-            feedforward_modules=d.get("feedforward_modules") or [],
-            init_ia3_weights=d.get("init_ia3_weights", True),
-            modules_to_save=d.get("modules_to_save"),
+            target_modules=saved.get("target_modules"),
+            feedforward_modules=saved.get("feedforward_modules") or [],
+            init_ia3_weights=saved.get("init_ia3_weights", True),
+            modules_to_save=saved.get("modules_to_save"),
         )
 
 
@@ -70,9 +73,9 @@ class IA3Linear(AdapterLayer):
 
     def add(self, name: str, cfg: IA3Config) -> None:
         fan_in, fan_out = in_out_features(self.base_layer)
-        w = self.base_layer.weight
+        dtype, device = weight_dtype_device(self.base_layer)  # a quantized base is not dequantised for this
         shape = (1, fan_in) if self.is_feedforward else (fan_out, 1)
-        vec = torch.ones(shape, device=w.device, dtype=w.dtype)
+        vec = torch.ones(shape, device=device, dtype=dtype)
         if not cfg.init_ia3_weights:
             nn.init.normal_(vec, mean=1.0, std=0.2)
         self.ia3_l[name] = nn.Parameter(vec)

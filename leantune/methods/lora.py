@@ -1,18 +1,21 @@
-"""LoRA (Hu et al. 2021) and its family: rsLoRA scaling, DoRA (weight-decomposed), PiSSA initialisation.
+"""LoRA (Hu et al. 2021), with rsLoRA scaling, PiSSA initialisation, and the seam for LoRA variants.
 
 ``y = W x + s · B A dropout(x)`` with ``A: r × in`` and ``B: out × r``; ``s = alpha / r`` (``alpha / sqrt(r)`` with
-rsLoRA). DoRA rescales each output row of ``W + s·BA`` to a learned magnitude ``m``. Works on ``nn.Linear``,
-GPT-2's ``Conv1D`` (weight stored transposed) and ``nn.Embedding``.
+rsLoRA). Works on ``nn.Linear``, GPT-2's ``Conv1D`` (weight stored transposed) and ``nn.Embedding``. A variant
+changes what a layer computes for the adapters that use it (:mod:`leantune.methods.lora_variant`): DoRA
+(``use_dora``) is one, in :mod:`leantune.methods.dora`. PiSSA starts A and B from the weight's top singular
+directions and leaves the residual in the base (:data:`RESIDUAL_INITS`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from leantune.errors import LeantuneError
@@ -21,18 +24,17 @@ from leantune.methods.base import (
     AdapterLayer,
     Method,
     MethodConfig,
-    find_targets,
+    base_biases,
     in_out_features,
-    inject_layers,
     is_conv1d,
-    portable_target_names,
-    protected_prefixes,
     require_state,
-    target_matches,
     weight_as_out_in,
+    weight_dtype_device,
 )
+from leantune.methods.dora import DoraEmbeddingVariant, DoraVariant
+from leantune.methods.lora_variant import LoraVariant
+from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
 from leantune.models.quantize import is_quantized_layer
-from leantune.models.targets import arch_targets
 
 LoraInit = Literal["standard", "gaussian", "pissa", "random"]
 
@@ -64,9 +66,20 @@ class LoraConfig(MethodConfig):
     fan_in_fan_out: bool | None = None
     """True for layers that store weight as (in, out); None: detected (GPT-2's Conv1D)."""
 
+    @model_validator(mode="after")
+    def _refuse_dora_with_residual_init(self) -> LoraConfig:
+        if self.use_dora and self.init in RESIDUAL_INITS:
+            raise ValueError(f"DoRA with init '{self.init}' is not supported; choose one of them")
+        return self
+
     @property
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    @property
+    def variant(self) -> str | None:
+        """The LoRA variant of this adapter's layers (None: plain LoRA)."""
+        return "dora" if self.use_dora else None
 
     def peft_dict(self, resolved: dict[str, Any]) -> dict[str, Any]:
         r, alpha = resolved.get("saved_r", self.r), resolved.get("saved_alpha", self.alpha)
@@ -90,28 +103,28 @@ class LoraConfig(MethodConfig):
         }
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> LoraConfig:
-        bad = [k for k in _UNSUPPORTED_PEFT_KEYS if d.get(k) not in (None, {}, [], False, "megatron.core")]
+    def from_peft_dict(cls, saved: dict[str, Any]) -> LoraConfig:
+        bad = [k for k in _UNSUPPORTED_PEFT_KEYS if saved.get(k) not in (None, {}, [], False, "megatron.core")]
         if bad:
             raise LeantuneError(f"This LoRA adapter uses peft options leantune does not support: {bad}.")
-        init = d.get("init_lora_weights", True)
+        init = saved.get("init_lora_weights", True)
         if init not in (True, False, "gaussian"):
             raise LeantuneError(
                 f"This adapter was saved with init_lora_weights={init!r}, which changes the base weights; convert it "
                 "to a standard LoRA first (peft: save_pretrained(..., path_initial_model_for_weight_conversion=...))."
             )
         return cls(
-            r=d["r"],
-            alpha=d.get("lora_alpha", 8),
-            dropout=d.get("lora_dropout", 0.0),
-            target_modules=d.get("target_modules"),
-            exclude_modules=d.get("exclude_modules"),
-            use_rslora=d.get("use_rslora", False),
-            use_dora=d.get("use_dora", False),
+            r=saved["r"],
+            alpha=saved.get("lora_alpha", 8),
+            dropout=saved.get("lora_dropout", 0.0),
+            target_modules=saved.get("target_modules"),
+            exclude_modules=saved.get("exclude_modules"),
+            use_rslora=saved.get("use_rslora", False),
+            use_dora=saved.get("use_dora", False),
             init={True: "standard", False: "random", "gaussian": "gaussian"}[init],
-            bias=d.get("bias", "none"),
-            fan_in_fan_out=d.get("fan_in_fan_out"),
-            modules_to_save=d.get("modules_to_save"),
+            bias=saved.get("bias", "none"),
+            fan_in_fan_out=saved.get("fan_in_fan_out"),
+            modules_to_save=saved.get("modules_to_save"),
         )
 
 
@@ -120,14 +133,91 @@ def lora_update(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: floa
     return F.linear(F.linear(x, a) * scaling, b)
 
 
-class LoraLinear(AdapterLayer):
-    """LoRA (and DoRA) beside an ``nn.Linear`` or GPT-2 ``Conv1D``.
+def pissa_factors(weight: torch.Tensor, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PiSSA's A (r × in) and B (out × r) from the top-r singular triplets of the fp32 (out, in) ``weight``."""
+    U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
+    sqrt_s = torch.sqrt(S[:r] / scaling)
+    return sqrt_s[:, None] * Vh[:r], U[:, :r] * sqrt_s[None, :]
+
+
+# Initialisations that start the adapter from the base weight: the base keeps the residual W - s·BA, and the
+# saved adapter is a plain LoRA of rank 2r relative to the original weight (peft's conversion).
+RESIDUAL_INITS: dict[str, Callable[[torch.Tensor, int, float], tuple[torch.Tensor, torch.Tensor]]] = {
+    "pissa": pissa_factors,
+}
+
+
+class LoraLayer(AdapterLayer):
+    """What LoRA layers share: each adapter's scaling and variant, and merging through the variant.
+
+    A subclass gives its weights in one layout (``in_axis``: the input-feature axis) through ``base_weight``,
+    ``delta_weight`` and ``set_base_weight``, and the adapter's output through ``lora_output``; see
+    :mod:`leantune.methods.lora_variant` for what a variant may use.
+    """
+
+    in_axis: ClassVar[int]
+    variant_types: ClassVar[dict[str, type[LoraVariant]]]
+    """``LoraConfig.variant`` -> the variant's class for this layer kind."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.scaling: dict[str, float] = {}
+        self.variants: dict[str, LoraVariant] = {}
+
+    def base_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """``s·BA`` of adapter ``name``, in the layout of :meth:`base_weight`."""
+        raise NotImplementedError
+
+    def set_base_weight(self, weight: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def lora_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's term of the output, ``s·B A dropout(x)``."""
+        raise NotImplementedError
+
+    def add_variant(self, name: str, cfg: LoraConfig) -> None:
+        """Give adapter ``name`` its variant (plain LoRA unless ``cfg.variant`` names one) and let it initialise."""
+        if cfg.variant is None:
+            variant = LoraVariant()
+        elif cfg.variant in self.variant_types:
+            variant = self.variant_types[cfg.variant]()
+        else:
+            raise LeantuneError(f"LoRA variant '{cfg.variant}' does not apply to {type(self.base_layer).__name__} "
+                                "layers; narrow target_modules.")
+        for container, make in variant.containers.items():
+            if container not in self._modules:
+                self.add_module(container, make())
+                self.adapter_containers = (*self.adapter_containers, container)
+        self.variants[name] = variant
+        variant.init(self, name, cfg)
+
+    def _merge(self, name: str) -> None:
+        weight, delta = self.base_weight(), self.delta_weight(name)
+        self.set_base_weight(self.variants[name].merged(self, name, weight, delta))
+
+    def _unmerge(self, name: str) -> None:
+        weight, delta = self.base_weight(), self.delta_weight(name)
+        self.set_base_weight(self.variants[name].unmerged(self, name, weight, delta))
+
+    def delete_adapter(self, name: str) -> None:
+        super().delete_adapter(name)
+        self.scaling.pop(name, None)
+        self.variants.pop(name, None)
+
+
+class LoraLinear(LoraLayer):
+    """LoRA beside an ``nn.Linear`` or GPT-2 ``Conv1D``; weights in the (out_features, in_features) layout.
 
     The plain LoRA path does no needless work: no input copy when dropout is 0 (Identity), no upcast of the frozen
     weight (the base layer runs as it is), the adapter weights in the base weight's dtype.
     """
 
-    adapter_containers = ("lora_A", "lora_B", "lora_dropout", "lora_magnitude_vector")
+    adapter_containers = ("lora_A", "lora_B", "lora_dropout")
+    in_axis = 1
+    variant_types = {"dora": DoraVariant}
     update_fn = staticmethod(lora_update)
 
     def __init__(self, base_layer: nn.Module) -> None:
@@ -135,23 +225,20 @@ class LoraLinear(AdapterLayer):
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
-        self.lora_magnitude_vector = nn.ParameterDict()
-        self.scaling: dict[str, float] = {}
-        self.pissa_init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._dora_norms: dict[str, torch.Tensor] = {}
+        self.residual_init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Per adapter started by a residual init (PiSSA): its starting (A, B), which saving needs."""
 
     def add(self, name: str, cfg: LoraConfig) -> None:
         fan_in, fan_out = in_out_features(self.base_layer)
-        w = self.base_layer.weight
-        dtype = w.dtype if w.is_floating_point() else torch.float32
-        self.lora_A[name] = nn.Linear(fan_in, cfg.r, bias=False, device=w.device, dtype=dtype)
-        self.lora_B[name] = nn.Linear(cfg.r, fan_out, bias=False, device=w.device, dtype=dtype)
+        dtype, device = weight_dtype_device(self.base_layer)  # a quantized base is not dequantised for this
+        self.lora_A[name] = nn.Linear(fan_in, cfg.r, bias=False, device=device, dtype=dtype)
+        self.lora_B[name] = nn.Linear(cfg.r, fan_out, bias=False, device=device, dtype=dtype)
         self.lora_dropout[name] = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.scaling[name] = cfg.scaling
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
         with torch.no_grad():
-            if cfg.init == "pissa":
-                self._init_pissa(name, cfg.r)
+            if cfg.init in RESIDUAL_INITS:
+                self._init_residual(name, RESIDUAL_INITS[cfg.init], cfg.r)
             else:
                 if cfg.init == "gaussian":
                     nn.init.normal_(A, std=1 / cfg.r)
@@ -161,163 +248,98 @@ class LoraLinear(AdapterLayer):
                     nn.init.kaiming_uniform_(B, a=math.sqrt(5))
                 else:
                     nn.init.zeros_(B)
-        if cfg.use_dora:
-            if cfg.init == "pissa":
-                raise LeantuneError("DoRA with PiSSA initialisation is not supported; choose one of them.")
-            with torch.no_grad():
-                norm = self._row_norm(self._delta(name))
-            self.lora_magnitude_vector[name] = nn.Parameter(norm)
+        self.add_variant(name, cfg)
 
-    def _init_pissa(self, name: str, r: int) -> None:
-        """PiSSA: A, B from the top-r singular triplets of W; the base keeps the residual W - s·BA."""
+    def _init_residual(self, name: str, factors: Callable, r: int) -> None:
+        """A, B from ``factors`` of the weight (PiSSA: its top singular directions); the base keeps W - s·BA."""
         W = weight_as_out_in(self.base_layer).float()
-        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
         s = self.scaling[name]
-        sqrt_s = torch.sqrt(S[:r] / s)
-        A = sqrt_s[:, None] * Vh[:r]
-        B = U[:, :r] * sqrt_s[None, :]
+        A, B = factors(W, r, s)
         dtype = self.lora_A[name].weight.dtype
         self.lora_A[name].weight.copy_(A.to(dtype))
         self.lora_B[name].weight.copy_(B.to(dtype))
-        self.pissa_init[name] = (A.to(dtype).clone(), B.to(dtype).clone())
-        self._set_weight(weight_as_out_in(self.base_layer) - (s * B @ A).to(W.dtype))
+        self.residual_init[name] = (A.to(dtype).clone(), B.to(dtype).clone())
+        self.set_base_weight(weight_as_out_in(self.base_layer) - (s * B @ A).to(W.dtype))
 
-    def _delta(self, name: str) -> torch.Tensor:
-        """s · B A as (out_features, in_features)."""
+    def base_weight(self) -> torch.Tensor:
+        return weight_as_out_in(self.base_layer)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
         return (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
 
-    def _row_norm(self, delta: torch.Tensor) -> torch.Tensor:
-        W = weight_as_out_in(self.base_layer)
-        return torch.linalg.norm(W.to(delta.dtype) + delta, dim=1)
-
-    def _set_weight(self, w_out_in: torch.Tensor) -> None:
+    def set_base_weight(self, weight: torch.Tensor) -> None:
         if is_quantized_layer(self.base_layer):
             raise LeantuneError("this LoRA setting writes to the base weight, which is quantized here; "
                                 "use init standard/gaussian with a quantized base, or dequantise it first.")
         target = self.base_layer.weight
-        target.data.copy_(w_out_in.T if is_conv1d(self.base_layer) else w_out_in)
+        target.data.copy_(weight.T if is_conv1d(self.base_layer) else weight)
+
+    def lora_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        return self.update_fn(self.lora_dropout[name](x), A, B, self.scaling[name])
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
         name = self.live_adapter()
         if name is None:
             return result
-        A, B = self.lora_A[name], self.lora_B[name]
-        dropout = self.lora_dropout[name]
-        xa = x if x.dtype == A.weight.dtype else x.to(A.weight.dtype)
-        xd = dropout(xa)
-        s = self.scaling[name]
-        if name not in self.lora_magnitude_vector:
-            return result + self.update_fn(xd, A.weight, B.weight, s).to(result.dtype)
-        # DoRA: rescale rows of (W + s·BA) to the magnitude m; the norm is a constant for the gradient (paper §4.3).
-        W = weight_as_out_in(self.base_layer).to(xd.dtype)
-        norm = torch.linalg.norm(W + self._delta(name).detach(), dim=1).detach()
-        scale = self.lora_magnitude_vector[name] / norm
-        if isinstance(dropout, nn.Identity) or not self.training:
-            bias = self.base_layer.bias
-            base_out = result - bias if bias is not None else result
-        else:
-            base_out = F.linear(xd, W)
-        lora_out = B(A(xd)) * s
-        return result + ((scale - 1) * base_out + scale * lora_out).to(result.dtype)
+        dtype = self.lora_A[name].weight.dtype
+        return self.variants[name].forward(self, name, x if x.dtype == dtype else x.to(dtype), result)
 
-    def _merge(self, name: str) -> None:
-        delta = self._delta(name)
-        W = weight_as_out_in(self.base_layer)
-        if name in self.lora_magnitude_vector:
-            norm = self._row_norm(delta)
-            self._dora_norms[name] = norm
-            factor = (self.lora_magnitude_vector[name] / norm)[:, None]
-            self._set_weight((factor * (W.to(delta.dtype) + delta)).to(W.dtype))
-        else:
-            self._set_weight(W + delta.to(W.dtype))
-
-    def _unmerge(self, name: str) -> None:
-        delta = self._delta(name)
-        W = weight_as_out_in(self.base_layer)
-        if name in self.lora_magnitude_vector:
-            factor = (self.lora_magnitude_vector[name] / self._dora_norms.pop(name))[:, None]
-            self._set_weight((W.to(delta.dtype) / factor - delta).to(W.dtype))
-        else:
-            self._set_weight(W - delta.to(W.dtype))
+    def delete_adapter(self, name: str) -> None:
+        super().delete_adapter(name)
+        self.residual_init.pop(name, None)
 
 
-class LoraEmbedding(AdapterLayer):
-    """LoRA (and DoRA) beside an ``nn.Embedding``: ``A: r × num_embeddings``, ``B: dim × r`` (peft's layout)."""
+class LoraEmbedding(LoraLayer):
+    """LoRA beside an ``nn.Embedding``: ``A: r × num_embeddings``, ``B: dim × r`` (peft's layout); weights in the
+    embedding's own (num_embeddings, dim) layout."""
 
-    adapter_containers = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+    adapter_containers = ("lora_embedding_A", "lora_embedding_B")
+    in_axis = 0
+    variant_types = {"dora": DoraEmbeddingVariant}
 
     def __init__(self, base_layer: nn.Embedding) -> None:
         super().__init__(base_layer)
         self.lora_embedding_A = nn.ParameterDict()
         self.lora_embedding_B = nn.ParameterDict()
-        self.lora_magnitude_vector = nn.ParameterDict()
-        self.scaling: dict[str, float] = {}
-        self._dora_norms: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, cfg: LoraConfig) -> None:
-        if cfg.init == "pissa":
-            raise LeantuneError("PiSSA initialisation applies to linear layers, not to embeddings.")
-        w = self.base_layer.weight
-        num, dim = w.shape
-        A = torch.zeros(cfg.r, num, device=w.device, dtype=w.dtype)
-        B = torch.empty(dim, cfg.r, device=w.device, dtype=w.dtype)
+        if cfg.init in RESIDUAL_INITS:
+            raise LeantuneError(f"init '{cfg.init}' applies to linear layers, not to embeddings; narrow target_modules.")
+        num, dim = self.base_layer.num_embeddings, self.base_layer.embedding_dim
+        dtype, device = weight_dtype_device(self.base_layer)
+        A = torch.zeros(cfg.r, num, device=device, dtype=dtype)
+        B = torch.empty(dim, cfg.r, device=device, dtype=dtype)
         nn.init.normal_(B)
         if cfg.init == "random":
             nn.init.normal_(A)
         self.lora_embedding_A[name] = nn.Parameter(A)
         self.lora_embedding_B[name] = nn.Parameter(B)
         self.scaling[name] = cfg.scaling
-        if cfg.use_dora:
-            with torch.no_grad():
-                norm = self._col_norm(self._delta(name))
-            self.lora_magnitude_vector[name] = nn.Parameter(norm)
+        self.add_variant(name, cfg)
 
-    def _delta(self, name: str) -> torch.Tensor:
-        """s · (B A)ᵀ, shaped like the embedding weight (num_embeddings, dim)."""
+    def base_weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    def delta_weight(self, name: str) -> torch.Tensor:
         return (self.lora_embedding_A[name].T @ self.lora_embedding_B[name].T) * self.scaling[name]
 
-    def _col_norm(self, delta: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.norm(self.base_layer.weight + delta, dim=0)
+    def set_base_weight(self, weight: torch.Tensor) -> None:
+        self.base_layer.weight.copy_(weight)
 
-    def _embed(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def lora_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
         b = self.base_layer
-        return F.embedding(x, weight, b.padding_idx, b.max_norm, b.norm_type, b.scale_grad_by_freq, b.sparse)
+        rows = F.embedding(x, self.lora_embedding_A[name].T, b.padding_idx, b.max_norm, b.norm_type,
+                           b.scale_grad_by_freq, b.sparse)
+        out = rows @ self.lora_embedding_B[name].T * self.scaling[name]
+        embed_scale = getattr(b, "embed_scale", None)  # e.g. Gemma's scaled embeddings
+        return out * embed_scale if embed_scale is not None else out
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
         name = self.live_adapter()
-        if name is None:
-            return result
-        s = self.scaling[name]
-        lora_out = self._embed(x, self.lora_embedding_A[name].T) @ self.lora_embedding_B[name].T * s
-        embed_scale = getattr(self.base_layer, "embed_scale", None)  # e.g. Gemma's scaled embeddings
-        if embed_scale is not None:
-            lora_out = lora_out * embed_scale
-        if name not in self.lora_magnitude_vector:
-            return result + lora_out.to(result.dtype)
-        norm = self._col_norm(self._delta(name).detach()).detach()
-        scale = self.lora_magnitude_vector[name] / norm
-        return result * scale + scale * lora_out
-
-    def _merge(self, name: str) -> None:
-        delta = self._delta(name)
-        W = self.base_layer.weight
-        if name in self.lora_magnitude_vector:
-            norm = self._col_norm(delta)
-            self._dora_norms[name] = norm
-            W.copy_((W + delta) * (self.lora_magnitude_vector[name] / norm)[None, :])
-        else:
-            W.add_(delta.to(W.dtype))
-
-    def _unmerge(self, name: str) -> None:
-        delta = self._delta(name)
-        W = self.base_layer.weight
-        if name in self.lora_magnitude_vector:
-            factor = (self.lora_magnitude_vector[name] / self._dora_norms.pop(name))[None, :]
-            W.copy_(W / factor - delta)
-        else:
-            W.sub_(delta.to(W.dtype))
+        return result if name is None else self.variants[name].forward(self, name, x, result)
 
 
 class LoraMethod(Method):
@@ -354,11 +376,11 @@ class LoraMethod(Method):
 
     def save_tensors(self, model: nn.Module, name: str) -> dict[str, torch.Tensor]:
         tensors = super().save_tensors(model, name)
-        # A PiSSA adapter is saved as a plain LoRA of rank 2r relative to the *original* weights:
+        # A residual-init (PiSSA) adapter is saved as a plain LoRA of rank 2r relative to the *original* weights:
         # W + s(BA - B0A0) = W + s [B, -B0] [A; A0].
         for mname, mod in model.named_modules():
-            if isinstance(mod, LoraLinear) and name in mod.pissa_init:
-                A0, B0 = mod.pissa_init[name]
+            if isinstance(mod, LoraLinear) and name in mod.residual_init:
+                A0, B0 = mod.residual_init[name]
                 ka, kb = f"base_model.model.{mname}.lora_A.weight", f"base_model.model.{mname}.lora_B.weight"
                 tensors[ka] = torch.cat([tensors[ka], A0.to(tensors[ka])], dim=0)
                 tensors[kb] = torch.cat([tensors[kb], -B0.to(tensors[kb])], dim=1)
@@ -368,55 +390,12 @@ class LoraMethod(Method):
         state = require_state(model)
         cfg, resolved = state.configs[name], dict(state.resolved[name])
         assert isinstance(cfg, LoraConfig)
-        if cfg.init == "pissa":
+        if cfg.init in RESIDUAL_INITS:
             # the converted adapter has rank 2r; keep the same scaling s.
             r2 = 2 * cfg.r
             resolved["saved_r"] = r2
             resolved["saved_alpha"] = cfg.scaling * (math.sqrt(r2) if cfg.use_rslora else r2)
         return resolved
-
-
-def resolve_linear_targets(
-    model: nn.Module,
-    target: list[str] | str | None,
-    exclude: list[str] | str | None,
-    what: str,
-    embeddings: bool = False,
-) -> list[str]:
-    """Full names of the layers to adapt: explicit names/regex, ``"all-linear"``, or the architecture default."""
-    if target is None:
-        defaults = arch_targets(model)
-        target = list(defaults.lora) if defaults is not None else "all-linear"
-    if target == "all-linear":
-        out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        skip = protected_prefixes(model)
-        names = []
-        for mname, module in model.named_modules():
-            base = module.base_layer if isinstance(module, AdapterLayer) else module
-            if (
-                isinstance(base, LINEAR_TYPES)
-                and base is not out_emb
-                and ".base_layer" not in mname
-                and not any(mname == p or mname.startswith(p + ".") for p in skip)
-                and not (exclude and target_matches(exclude, mname))
-            ):
-                names.append(mname)
-        if not names:
-            raise LeantuneError(f"{what}: 'all-linear' found no linear layer in {type(model).__name__}.")
-        return names
-    allowed = LINEAR_TYPES + ((nn.Embedding,) if embeddings else ())
-    return find_targets(model, target, allowed, what, exclude)
-
-
-def base_biases(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every bias of the base model, by full name (the copies kept for modules_to_save excluded)."""
-    return {
-        n: p
-        for n, p in model.named_parameters()
-        if n.endswith("bias") and ".original_module." not in n and ".modules_to_save." not in n
-        and not n.startswith(("original_module.", "modules_to_save."))
-        and "prompt_encoder." not in n
-    }
 
 
 def compile_lora(model: nn.Module) -> int:

@@ -15,9 +15,8 @@ from pydantic import Field
 from torch import nn
 
 from leantune.errors import LeantuneError
-from leantune.methods.base import MethodConfig
+from leantune.methods.base import MethodConfig, model_dims
 from leantune.methods.prompt_learning import PromptLearningMethod
-from leantune.methods.prompt_tuning import model_dims
 
 
 class PrefixTuningConfig(MethodConfig):
@@ -44,14 +43,14 @@ class PrefixTuningConfig(MethodConfig):
         }
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> PrefixTuningConfig:
-        if d.get("num_transformer_submodules", 1) != 1:
+    def from_peft_dict(cls, saved: dict[str, Any]) -> PrefixTuningConfig:
+        if saved.get("num_transformer_submodules", 1) != 1:
             raise LeantuneError("Prefix tuning of encoder-decoder models is not supported by leantune.")
         return cls(
-            num_virtual_tokens=d["num_virtual_tokens"],
-            prefix_projection=d.get("prefix_projection", False),
-            encoder_hidden_size=d.get("encoder_hidden_size"),
-            modules_to_save=d.get("modules_to_save"),
+            num_virtual_tokens=saved["num_virtual_tokens"],
+            prefix_projection=saved.get("prefix_projection", False),
+            encoder_hidden_size=saved.get("encoder_hidden_size"),
+            modules_to_save=saved.get("modules_to_save"),
         )
 
 

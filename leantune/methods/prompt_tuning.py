@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import nn
 
 from leantune.errors import LeantuneError
-from leantune.methods.base import MethodConfig
+from leantune.methods.base import MethodConfig, model_dims
 from leantune.methods.prompt_learning import PromptLearningMethod
 
 
@@ -40,9 +40,9 @@ class PromptTuningConfig(MethodConfig):
         }
 
     @classmethod
-    def from_peft_dict(cls, d: dict[str, Any]) -> PromptTuningConfig:
+    def from_peft_dict(cls, saved: dict[str, Any]) -> PromptTuningConfig:
         # The weights come from the file, so the initialisation is not replayed (no tokenizer needed to load).
-        return cls(num_virtual_tokens=d["num_virtual_tokens"], init="random", modules_to_save=d.get("modules_to_save"))
+        return cls(num_virtual_tokens=saved["num_virtual_tokens"], init="random", modules_to_save=saved.get("modules_to_save"))
 
 
 class PromptEmbedding(nn.Module):
@@ -56,17 +56,6 @@ class PromptEmbedding(nn.Module):
         return self.embedding.weight[:n].unsqueeze(0).expand(batch_size, -1, -1)
 
 
-def model_dims(model: nn.Module) -> dict[str, int]:
-    """Hidden size, layer and head counts of a transformers model (names differ between architectures)."""
-    c = model.config
-    hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or getattr(c, "n_embd", None)
-    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "num_layers", None) or getattr(c, "n_layer", None)
-    heads = getattr(c, "num_attention_heads", None) or getattr(c, "num_heads", None) or getattr(c, "n_head", None)
-    if not (hidden and layers and heads):
-        raise LeantuneError(f"Cannot read hidden size / layers / heads from {type(c).__name__}.")
-    return {"hidden": hidden, "layers": layers, "heads": heads}
-
-
 class PromptTuningMethod(PromptLearningMethod):
     name = "prompt"
     config_cls = PromptTuningConfig
@@ -75,7 +64,7 @@ class PromptTuningMethod(PromptLearningMethod):
         assert isinstance(config, PromptTuningConfig)
         dims = model_dims(model)
         words = model.get_input_embeddings()
-        submodules = 2 if getattr(model.config, "is_encoder_decoder", False) else 1
+        submodules = transformer_submodules(model)
         n = config.num_virtual_tokens
         enc = PromptEmbedding(n * submodules, dims["hidden"], words.weight.device, words.weight.dtype)
         tokenizer_path = config.tokenizer_name_or_path or getattr(model.config, "_name_or_path", None) or None
@@ -112,7 +101,7 @@ class PromptTuningMethod(PromptLearningMethod):
         return torch.tensor((ids * reps)[:rows])
 
     def rewrite(self, model: nn.Module, encoder: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-        n = require_n(model, encoder)
+        n = encoder.embedding.weight.shape[0] // transformer_submodules(model)  # virtual tokens per sequence
         if self.cached_length(kwargs) > 0:  # a decoding step: the virtual tokens are in the cache already
             self.prepend_mask(kwargs, n)
             self.shift_positions(kwargs, n, prepend=False)
@@ -137,6 +126,6 @@ class PromptTuningMethod(PromptLearningMethod):
         return kwargs
 
 
-def require_n(model: nn.Module, encoder: PromptEmbedding) -> int:
-    submodules = 2 if getattr(model.config, "is_encoder_decoder", False) else 1
-    return encoder.embedding.weight.shape[0] // submodules
+def transformer_submodules(model: nn.Module) -> int:
+    """peft's ``num_transformer_submodules``: 2 for an encoder-decoder (virtual tokens for each stack), else 1."""
+    return 2 if getattr(model.config, "is_encoder_decoder", False) else 1

@@ -1,4 +1,4 @@
-"""Convert a GGUF checkpoint once into a cached transformers folder (dequantising takes about a minute)."""
+"""Convert a GGUF checkpoint once into a cached transformers folder (SmolLM2-135M: about 25 s on 2 CPU cores)."""
 
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ def converted_folder(gguf_file: Path) -> Path:
     if (dest / "config.json").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    print(f"leantune: converting {gguf_file.name} to a transformers folder (once, about a minute) -> {dest}",
-          file=sys.stderr, flush=True)
+    print(f"leantune: converting {gguf_file.name} once to a transformers folder (SmolLM2-135M: about 25 s on 2 CPU "
+          f"cores) -> {dest}", file=sys.stderr, flush=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, **_dequantized())
         # The weights are dequantised floats by now; drop the GGUF quantizer so transformers saves them.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -50,3 +50,14 @@ def converted_folder(gguf_file: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _dequantized() -> dict:
+    """Ask for every weight unpacked into floats: transformers 5 otherwise keeps the GGUF blocks packed wherever the
+    ``kernels`` package has a matmul kernel for them, and those modules cannot be saved as a plain folder (older
+    versions always dequantise)."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leantune.errors import LeantuneError
+from leantune.models.targets import HEAD_NAMES
 
 QuantKind = Literal["nf4", "int8"]
 
@@ -108,6 +109,11 @@ class QuantizedLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         """The dequantised weight (a fresh tensor: read it, do not assign to it)."""
         return self.dequantize()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the packed weight lives (read without dequantising; ``orig_dtype`` is its dtype)."""
+        return self.qweight.device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
@@ -198,7 +204,7 @@ def quantize_model(model: nn.Module, kind: QuantKind, backend: str = "leantune",
     heads = set()
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for name, module in model.named_modules():
-        if module is out_emb or name.split(".")[-1] in ("classifier", "score", "qa_outputs", "lm_head"):
+        if module is out_emb or name.split(".")[-1] in (*HEAD_NAMES, "lm_head"):
             heads.add(name)
     count, before, after = 0, 0, 0
     for name, module in list(model.named_modules()):
@@ -207,8 +213,7 @@ def quantize_model(model: nn.Module, kind: QuantKind, backend: str = "leantune",
         if kind == "nf4" and module.weight.numel() % BLOCK:
             continue  # NF4 blocks need a multiple of 64 weights; such a small layer stays as it is
         q = _bnb_linear(module, kind) if backend == "bitsandbytes" else QuantizedLinear(module, kind)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
+        model.set_submodule(name, q)
         count += 1
         before += module.weight.numel() * module.weight.element_size()
         stored = [*q.buffers()] if isinstance(q, QuantizedLinear) else [q.weight, *q.buffers()]
@@ -221,7 +226,6 @@ def quantize_model(model: nn.Module, kind: QuantKind, backend: str = "leantune",
             if t.device.type == "cpu" and id(t) not in packed:
                 t.data = t.data.clone()
     gc.collect()
-    model.__dict__["_leantune_quantized"] = kind
     return {"kind": kind, "backend": backend, "layers": count, "bytes_before": before, "bytes_after": after}
 
 
@@ -230,10 +234,8 @@ def dequantize_model(model: nn.Module) -> int:
     count = 0
     for name, module in list(model.named_modules()):
         if is_quantized_layer(module):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, _plain_linear(module))
+            model.set_submodule(name, _plain_linear(module))
             count += 1
-    model.__dict__.pop("_leantune_quantized", None)
     return count
 
 

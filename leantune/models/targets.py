@@ -66,7 +66,7 @@ _BY_MODEL_TYPE: dict[str, ArchTargets] = {
     **{t: T5 for t in ("t5", "mt5", "umt5")},
 }
 
-# Task heads that are trained in full (``modules_to_save``) whatever the method.
+# Task heads: trained in full (``modules_to_save``) whatever the method, and never quantized.
 HEAD_NAMES = ("classifier", "score", "qa_outputs")
 
 
@@ -80,7 +80,3 @@ def default_head_modules(model: nn.Module) -> list[str]:
     """Names of the task-head modules of a transformers model (e.g. ``classifier`` of a BERT classifier)."""
     children = dict(model.named_children())
     return [name for name in HEAD_NAMES if name in children]
-
-
-def known_model_types() -> list[str]:
-    return sorted(_BY_MODEL_TYPE)

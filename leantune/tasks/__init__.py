@@ -1,29 +1,39 @@
-"""Tasks: one file each (data preparation, head, loss, metrics, prediction)."""
+"""Tasks: one file each, on one :class:`~leantune.tasks.base.Task` interface, and the one registry of task names
+(config values, CLI choices)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from leantune.config import RunConfig
-from leantune.errors import LeantuneError
+from leantune.tasks.base import Task, TaskArgs
+from leantune.tasks.classification import ClassificationTask
+from leantune.tasks.extractive_qa import ExtractiveQATask
+from leantune.tasks.instruction import InstructionTask
+from leantune.tasks.translation import TranslationTask
+
+if TYPE_CHECKING:
+    from leantune.config import RunConfig
+
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (ClassificationTask, InstructionTask, TranslationTask, ExtractiveQATask)
+}
+"""Every task by its ``task:`` name."""
+TASK_NAMES = tuple(TASKS)
 
 
-def make_task(cfg: RunConfig, tokenizer: Any, labels: list[str] | None = None, model_path: str | None = None) -> Any:
-    """The task object the training loop drives (prepare, build_model, batch_loss, evaluate, predict)."""
-    if cfg.task == "classification":
-        from leantune.tasks.classification import ClassificationTask
+def task_class(name: str) -> type[Task]:
+    """The task called ``name`` (an error listing the task names when there is none)."""
+    if name not in TASKS:
+        raise ValueError(f"'{name}' is not a task; choose one of {', '.join(TASK_NAMES)}")
+    return TASKS[name]
 
-        return ClassificationTask(cfg, tokenizer, labels)
-    if cfg.task == "instruction":
-        from leantune.tasks.instruction import InstructionTask
 
-        return InstructionTask(cfg, tokenizer, labels, model_path)
-    if cfg.task == "translation":
-        from leantune.tasks.translation import TranslationTask
+def make_task(cfg: RunConfig, tokenizer: Any, model_path: str) -> Task:
+    """The task ``cfg`` names, for the model at ``model_path`` (its config is read here) and its tokenizer."""
+    from leantune.models.loading import read_model_config
 
-        return TranslationTask(cfg, tokenizer, labels, model_path)
-    if cfg.task == "extractive_qa":
-        from leantune.tasks.extractive_qa import ExtractiveQATask
+    return task_class(cfg.task)(cfg, tokenizer, read_model_config(cfg, model_path))
 
-        return ExtractiveQATask(cfg, tokenizer, labels, model_path)
-    raise LeantuneError(f"unknown task '{cfg.task}'")
+
+__all__ = ["TASKS", "TASK_NAMES", "ClassificationTask", "ExtractiveQATask", "InstructionTask", "Task", "TaskArgs",
+           "TranslationTask", "make_task", "task_class"]

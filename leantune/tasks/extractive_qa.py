@@ -8,34 +8,31 @@ context) is mapped back to the original text through the tokenizer's offsets. Me
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from leantune.config import RunConfig
 from leantune.data.bad_rows import BadRows
-from leantune.data.batching import iterate_batches, length_grouped_batches
-from leantune.data.labels import stratified_split
-from leantune.data.writers import write_jsonl
+from leantune.data.squad import answer_start, answers_of, read_qa_records
 from leantune.errors import LeantuneError
-from leantune.models.loading import pretrained
-from leantune.tasks.instruction import answers_of, read_qa_records
+from leantune.tasks.base import MODEL_INPUTS, Task, TaskArgs
 from leantune.tasks.qa_metrics import qa_scores
 
+if TYPE_CHECKING:
+    from leantune.config import RunConfig
 
-def answer_start(rec: dict[str, Any]) -> int | None:
-    answers = rec.get("answers", rec.get("answer"))
-    if isinstance(answers, dict):
-        starts = answers.get("answer_start", [])
-        return int(starts[0]) if starts else None
-    if isinstance(answers, list) and answers and isinstance(answers[0], dict):
-        return int(answers[0].get("answer_start", -1))
-    return rec.get("answer_start")
+
+class ExtractiveQAArgs(TaskArgs):
+    """``task_args`` of ``task: extractive_qa``."""
+
+    doc_stride: int | None = Field(None, gt=0)
+    """Overlap between the windows of a long context, in tokens (default: a third of max_length)."""
+    max_answer_length: int = Field(30, gt=0)
+    """The longest answer span predicted, in tokens."""
 
 
 def make_windows(tokenizer: Any, questions: list[str], contexts: list[str], max_length: int,
@@ -77,29 +74,33 @@ def best_span(start_logits: list[torch.Tensor], end_logits: list[torch.Tensor], 
     return best_text, best_score
 
 
-class ExtractiveQATask:
+class ExtractiveQATask(Task):
+    """Point at the answer span in the context; scored by SQuAD exact match and F1."""
+
     name = "extractive_qa"
+    Args = ExtractiveQAArgs
+    metrics = {"exact_match": True, "f1": True}
     default_metric = "f1"
+    args: ExtractiveQAArgs
 
-    def __init__(self, cfg: RunConfig, tokenizer: Any, labels: list[str] | None = None,
-                 model_path: str | None = None) -> None:
-        if not getattr(tokenizer, "is_fast", False):
+    def __init__(self, cfg: RunConfig, tokenizer: Any, model_config: Any) -> None:
+        if not tokenizer.is_fast:
             raise LeantuneError("extractive QA needs a fast tokenizer (offset mapping).")
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.labels = None
-        self.report: dict[str, Any] = {}
+        super().__init__(cfg, tokenizer, model_config)
         self.eval_records: list[dict[str, Any]] = []
-        self.last_predictions: list[dict[str, Any]] = []
 
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        stride, max_length = cfg.task_args.doc_stride, cfg.train.max_length
+        if stride is not None and stride >= max_length // 2:
+            raise ValueError(f"task_args.doc_stride ({stride}) must be below half of train.max_length ({max_length})")
 
-    def read(self, path: str, split: str) -> list[dict[str, Any]]:
+    # ---------------------------------------------------------------- data
+    def read(self, path: str, split: str, fmt: str | None = None) -> list[dict[str, Any]]:
         """Question records with a text context and question; others are bad rows (an error, or counted skips)."""
         bad = BadRows(self.cfg.data.on_bad_rows)
-        records = read_qa_records(path, self.cfg.data.format, split, bad)
+        records = read_qa_records(path, fmt or self.cfg.data.format, split, bad)
         kept = []
         for rec in records:
             missing = [k for k in ("context", "question") if not isinstance(rec.get(k), str) or not rec[k].strip()]
@@ -107,94 +108,87 @@ class ExtractiveQATask:
                 bad(rec.get("_source", path), f"missing or empty field(s) {missing} (SQuAD format expected)")
             else:
                 kept.append(rec)
-        if bad.total:
-            self.report.setdefault("bad_rows_skipped", {}).update(bad.report())
-            print(f"leantune: {path}: skipped {bad.total} bad rows: {bad.report()}", file=sys.stderr, flush=True)
+        self.report_bad_rows(bad, path)
         if not kept:
             raise LeantuneError(f"{path}: no questions.")
         return kept
 
     def featurize(self, records: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         """Windows of every record; training windows carry start/end targets, eval windows their offsets."""
+        max_length = self.cfg.train.max_length
         enc = make_windows(self.tokenizer, [r["question"] for r in records], [r["context"] for r in records],
-                           self.cfg.train.max_length, self.cfg.train.doc_stride or self.cfg.train.max_length // 3)
+                           max_length, self.args.doc_stride or max_length // 3)
         features, skipped = [], Counter()
-        for i, ids in enumerate(enc["input_ids"]):
+        for i in range(len(enc["input_ids"])):
             rec_idx = enc["overflow_to_sample_mapping"][i]
-            f = {"input_ids": ids, "attention_mask": enc["attention_mask"][i], "example": rec_idx}
-            if "token_type_ids" in enc:
-                f["token_type_ids"] = enc["token_type_ids"][i]
-            if train:
-                rec = records[rec_idx]
-                answers, start = answers_of(rec), answer_start(rec)
-                if not answers or start is None or start < 0:
-                    skipped["no answer position"] += 1
-                    continue
-                if rec["context"][start:start + len(answers[0])] != answers[0]:
-                    skipped["answer_start does not point at the answer"] += 1
-                    continue
+            f = {k: enc[k][i] for k in MODEL_INPUTS if k in enc}
+            f["example"] = rec_idx
+            if not train:
+                f["offsets"] = enc["offset_mapping"][i]
+                features.append(f)
+                continue
+            rec = records[rec_idx]
+            answers, start = answers_of(rec), answer_start(rec)
+            if not answers or start is None or start < 0:
+                skipped["no answer position"] += 1
+            elif rec["context"][start:start + len(answers[0])] != answers[0]:
+                skipped["answer_start does not point at the answer"] += 1
+            else:
                 f["start_positions"], f["end_positions"] = span_targets(
                     enc["offset_mapping"][i], start, start + len(answers[0]))
-            else:
-                f["offsets"] = enc["offset_mapping"][i]
-            features.append(f)
+                features.append(f)
         if skipped:
             self.report.setdefault("skipped_windows", {}).update(skipped)
         return features
 
     def prepare(self) -> tuple[list[dict], list[dict]]:
-        d = self.cfg.data
-        train = self.read(d.train, d.train_split)
-        if d.eval:
-            evals = self.read(d.eval, d.eval_split or "validation")
-        else:  # hold out whole articles/contexts so no context is seen in training
-            groups = sorted({r.get("title") or r["context"] for r in train})
-            _, held = stratified_split([0] * len(groups), d.eval_fraction, self.cfg.train.seed)
-            held_groups = {groups[i] for i in held}
-            evals = [r for r in train if (r.get("title") or r["context"]) in held_groups]
-            train = [r for r in train if (r.get("title") or r["context"]) not in held_groups]
+        """Windows of the train and eval questions; without eval data, whole articles (or contexts) are held out,
+        so no eval context is seen in training."""
+        data = self.cfg.data
+        train = self.read(data.train, data.train_split)
+        if data.eval or data.eval_split:
+            evals = self.read(data.eval or data.train, data.eval_split or "validation")
+        else:
+            train, evals = self.hold_out(train, group=lambda r: r.get("title") or r["context"])
         self.eval_records = evals
         train_f, eval_f = self.featurize(train, train=True), self.featurize(evals, train=False)
         self.report.update(train_questions=len(train), eval_questions=len(evals), train_windows=len(train_f),
                            eval_windows=len(eval_f))
         return train_f, eval_f
 
-    def build_model(self, path: str) -> nn.Module:
+    # ---------------------------------------------------------------- model, loss
+    @classmethod
+    def model_class(cls, model_config: Any) -> Any:
         from transformers import AutoModelForQuestionAnswering
 
-        return pretrained(AutoModelForQuestionAnswering, path, self.cfg)
+        return AutoModelForQuestionAnswering
 
-    @staticmethod
-    def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    def build_model(self, path: str, meta: bool = False) -> nn.Module:
+        return self.load_model(self.model_class(self.model_config), path, meta)
 
-    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        out = model(**self._inputs(batch))
-        loss = (F.cross_entropy(out.start_logits.float(), batch["start_positions"], reduction="sum")
+    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Start and end cross-entropy, averaged per window and summed over the windows of one micro-batch."""
+        out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+        return (F.cross_entropy(out.start_logits.float(), batch["start_positions"], reduction="sum")
                 + F.cross_entropy(out.end_logits.float(), batch["end_positions"], reduction="sum")) / 2
-        return loss, len(batch["input_ids"])
 
-    @staticmethod
-    def batch_count(batch: dict[str, torch.Tensor]) -> int:
+    def batch_count(self, batch: dict[str, torch.Tensor]) -> int:
         return len(batch["input_ids"])
 
-    @torch.no_grad()
-    def predict_records(self, model: nn.Module, records: list[dict], features: list[dict],
-                        device: torch.device) -> list[str]:
-        was_training = model.training
-        model.eval()
-        bs = self.cfg.train.eval_batch_size or self.cfg.train.batch_size * 2
-        plain = [{k: v for k, v in f.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                 for f in features]
-        batches = length_grouped_batches([len(f["input_ids"]) for f in plain], bs, seed=0, shuffle=False)
+    # ---------------------------------------------------------------- evaluation, prediction
+    def answers(self, model: nn.Module, records: list[dict], features: list[dict], device: torch.device) -> list[str]:
+        """The best answer span of every record, over all its windows."""
         starts: list[Any] = [None] * len(features)
         ends: list[Any] = [None] * len(features)
-        for idx, batch in zip(batches, iterate_batches(plain, batches, self.pad_id), strict=True):
-            out = model(**{k: v.to(device) for k, v in batch.items()})
+
+        def logits(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            out = model(**batch)
+            return out.start_logits.float().cpu(), out.end_logits.float().cpu()
+
+        for idx, (start_logits, end_logits) in self.eval_batches(model, features, device, logits, MODEL_INPUTS):
             for j, i in enumerate(idx):
                 n = len(features[i]["input_ids"])
-                starts[i], ends[i] = out.start_logits[j, :n].float().cpu(), out.end_logits[j, :n].float().cpu()
-        model.train(was_training)
+                starts[i], ends[i] = start_logits[j, :n], end_logits[j, :n]
         by_example: dict[int, list[int]] = {}
         for i, f in enumerate(features):
             by_example.setdefault(f["example"], []).append(i)
@@ -202,31 +196,25 @@ class ExtractiveQATask:
         for r_idx, rec in enumerate(records):
             win = by_example.get(r_idx, [])
             text, _ = best_span([starts[i] for i in win], [ends[i] for i in win],
-                                [features[i]["offsets"] for i in win], rec["context"], self.cfg.train.max_answer_length)
+                                [features[i]["offsets"] for i in win], rec["context"], self.args.max_answer_length)
             answers.append(text)
         return answers
 
     def evaluate(self, model: nn.Module, features: list[dict], device: torch.device,
                  records: list[dict] | None = None) -> dict[str, Any]:
+        """Exact match and F1 of the predicted spans against every reference answer."""
         records = self.eval_records if records is None else records
-        predictions = self.predict_records(model, records, features, device)
+        predictions = self.answers(model, records, features, device)
         refs = [answers_of(r) or [""] for r in records]
         self.last_predictions = [{"id": r.get("id"), "question": r["question"], "reference": ref, "prediction": p}
                                  for r, ref, p in zip(records, refs, predictions, strict=True)]
         return qa_scores(predictions, refs)
 
-    def headline(self, metrics: dict[str, Any]) -> dict[str, float]:
-        return {k: metrics[k] for k in ("exact_match", "f1") if k in metrics}
-
-    def save_artifacts(self, run_dir: Path) -> None:
-        """Nothing before training; predictions are written by :meth:`finish`."""
-
-    def finish(self, run_dir: Path) -> None:
-        """Write the last evaluation's predictions beside their references."""
-        write_jsonl(run_dir / "predictions.jsonl", self.last_predictions)
-
-    def read_file(self, path: str, fmt: str = "auto", need_labels: bool = True, target: str | None = None) -> tuple[list[dict], list[dict]]:
-        records = self.read(path, "train")
+    def read_file(self, path: str, fmt: str = "auto", labelled: bool = True,
+                  target: str | None = None) -> tuple[list[dict], list[dict]]:
+        """Questions of a file, and their windows."""
+        self.no_target_file(target)
+        records = self.read(path, "train", fmt)
         return records, self.featurize(records, train=False)
 
     def evaluate_file(self, model: nn.Module, records: list[dict], features: list[dict],
@@ -235,5 +223,6 @@ class ExtractiveQATask:
 
     def predict(self, model: nn.Module, records: list[dict], features: list[dict],
                 device: torch.device) -> list[dict[str, Any]]:
-        return [{"id": r.get("id"), "prediction": p} for r, p in
-                zip(records, self.predict_records(model, records, features, device), strict=True)]
+        """The question and id of every record and the predicted answer span."""
+        return [{"question": r["question"], "id": r.get("id"), "prediction": p}
+                for r, p in zip(records, self.answers(model, records, features, device), strict=True)]

@@ -3,7 +3,7 @@ tokens only, generation-based evaluation, causal LMs and encoder-decoder models 
 
 A decoder-only model sees ``prompt + response + EOS`` with the prompt and the padding masked out of the loss
 (``-100``), so it learns to answer and to stop. The prompt is rendered with the model's own chat template when it
-has one (``data.template: auto``), else with leantune's plain template::
+has one (``task_args.template: auto``), else with leantune's plain template::
 
     ### Instruction:
     {instruction}
@@ -15,29 +15,45 @@ has one (``data.template: auto``), else with leantune's plain template::
     {response}<eos>
 
 An encoder-decoder model reads the prompt as plain text and is trained on ``response + EOS``.
+
+An example longer than ``max_length`` loses the start of its prompt first; a response that does not fit on its
+own keeps its first tokens. Both are counted in the data report (``truncated``, ``response_truncated``).
 """
 
 from __future__ import annotations
 
-import sys
+from abc import abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from leantune.config import RunConfig
 from leantune.data.bad_rows import BadRows
-from leantune.data.batching import iterate_batches, length_grouped_batches
-from leantune.data.labels import stratified_split
-from leantune.data.writers import write_jsonl
 from leantune.errors import LeantuneError
 from leantune.generate import generate
 from leantune.kernels.linear_cross_entropy import fusable_head, hidden_states_as_logits, linear_cross_entropy
-from leantune.models.loading import pretrained
+from leantune.tasks.base import Task, TaskArgs
+
+if TYPE_CHECKING:
+    from leantune.config import RunConfig
+
+
+class GenerationArgs(TaskArgs):
+    """``task_args`` every generative task has."""
+
+    template: Literal["auto", "chat", "plain"] = "auto"
+    """The prompt template: the model's chat template (auto, when it has one) or leantune's plain
+    '### Instruction / ### Input / ### Response' template."""
+    system_prompt: str | None = None
+    """A system message put in front of every conversation that has none."""
+    eval_max_examples: int | None = Field(100, ge=0)
+    """How many eval examples are generated for the metrics (None: all; 0: eval loss only)."""
+    max_new_tokens: int = Field(64, gt=0)
+    """The longest generation in evaluation."""
 
 
 @dataclass
@@ -53,7 +69,7 @@ class Example:
 
 
 def plain_prompt(messages: list[dict[str, str]]) -> str:
-    """leantune's plain template (models without a chat template, or ``data.template: plain``)."""
+    """leantune's plain template (models without a chat template, or ``task_args.template: plain``)."""
     parts = []
     for m in messages:
         if m["role"] == "system":
@@ -68,47 +84,48 @@ def plain_prompt(messages: list[dict[str, str]]) -> str:
     return "".join(parts) + "### Response:\n"
 
 
-class GenerativeTask:
+class GenerativeTask(Task):
     """Base of the generative tasks; subclasses turn records into :class:`Example` and score predictions."""
 
-    name = "generative"
-    default_metric = "eval_loss"
-    metric_keys: tuple[str, ...] = ()
+    generates = True
+    args: GenerationArgs
 
-    def __init__(self, cfg: RunConfig, tokenizer: Any, labels: list[str] | None = None,
-                 model_path: str | None = None) -> None:
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.labels = None
-        self.report: dict[str, Any] = {}
-        self.seq2seq = False
-        if model_path is not None:
-            from transformers import AutoConfig
-
-            self.seq2seq = bool(getattr(AutoConfig.from_pretrained(model_path), "is_encoder_decoder", False))
-        self.use_chat = (
-            not self.seq2seq and cfg.data.template != "plain" and getattr(tokenizer, "chat_template", None) is not None
-        )
-        if cfg.data.template == "chat" and not self.use_chat:
-            raise LeantuneError(f"data.template is 'chat' but the tokenizer of {cfg.model} has no chat template.")
+    def __init__(self, cfg: RunConfig, tokenizer: Any, model_config: Any) -> None:
+        super().__init__(cfg, tokenizer, model_config)
+        self.use_chat = (not self.seq2seq and self.args.template != "plain"
+                         and getattr(tokenizer, "chat_template", None) is not None)
+        if self.args.template == "chat" and not self.use_chat:
+            raise LeantuneError(f"task_args.template is 'chat' but the tokenizer of {cfg.model} has no chat template.")
         self.bad = BadRows(cfg.data.on_bad_rows)
         self.eval_examples: list[Example] = []
-        self.last_predictions: list[dict[str, Any]] = []
+
+    @property
+    def seq2seq(self) -> bool:
+        return bool(self.model_config.is_encoder_decoder)
 
     # ---------------------------------------------------------------- subclasses
-    def read_examples(self, path: str, target_path: str | None, split: str,
-                      need_target: bool = True) -> list[Example]:
-        raise NotImplementedError
+    @abstractmethod
+    def read_examples(self, path: str, target_path: str | None, split: str, need_target: bool = True,
+                      fmt: str | None = None) -> list[Example]:
+        """The examples of a file (``target_path``: the aligned answers, for tasks that have them; ``fmt``: the
+        file format or record style, default ``data.format``)."""
 
+    @abstractmethod
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        raise NotImplementedError
+        """Metrics of generated ``predictions`` against the examples' references."""
 
-    # ---------------------------------------------------------------- data
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id
+    def eval_files(self) -> tuple[str, str | None] | None:
+        """(eval file, its aligned answers file) from the config, or None: hold part of the training data out."""
+        data = self.cfg.data
+        return (data.eval, None) if data.eval else None
 
+    def train_target(self) -> str | None:
+        """The aligned answers file of the training data, for tasks that have one."""
+        return None
+
+    # ---------------------------------------------------------------- prompts, tokens
     def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The prompt as the model reads it: through the chat template, the plain template, or (seq2seq) as is."""
         if self.seq2seq:
             return "\n\n".join(m["content"] for m in messages if m["role"] != "system")
         if self.use_chat:
@@ -116,8 +133,8 @@ class GenerativeTask:
         return plain_prompt(messages)
 
     def _with_system(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        if self.cfg.data.system_prompt and not any(m["role"] == "system" for m in messages):
-            return [{"role": "system", "content": self.cfg.data.system_prompt}, *messages]
+        if self.args.system_prompt and not any(m["role"] == "system" for m in messages):
+            return [{"role": "system", "content": self.args.system_prompt}, *messages]
         return messages
 
     def _segments(self, ex: Example) -> list[tuple[str, bool]]:
@@ -134,66 +151,80 @@ class GenerativeTask:
             prompt = self.tokenizer.apply_chat_template(full_messages[:i], add_generation_prompt=True, tokenize=False)
             full = self.tokenizer.apply_chat_template(full_messages[:i + 1], tokenize=False)
             if not (prompt.startswith(done) and full.startswith(prompt)):
-                raise LeantuneError(f"{ex.source}: the chat template does not extend turn by turn; use template: plain.")
+                raise LeantuneError(f"{ex.source}: the chat template does not extend turn by turn; use task_args.template: plain.")
             segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
             done = full
         return segments
 
-    def encode(self, ex: Example, truncated: Counter) -> dict[str, Any]:
-        """Token ids and labels (-100 where no loss) of one example, within max_length."""
+    def _fit(self, text: str, target: bool, truncated: Counter) -> list[int]:
+        """Seq2seq: the token ids of ``text`` (special tokens included) within max_length. A too-long source
+        loses its start, a too-long target its end (counted)."""
         max_len = self.cfg.train.max_length
-        tok = self.tokenizer
+        kwargs = {"text_target": text} if target else {"text": text}
+        enc = self.tokenizer(**kwargs, return_special_tokens_mask=True)
+        ids, special = enc["input_ids"], enc["special_tokens_mask"]
+        if len(ids) <= max_len:
+            return ids
+        truncated["response_truncated" if target else "truncated"] += 1
+        content = [i for i, s in enumerate(special) if not s] or [0]
+        lo, hi = content[0], content[-1] + 1
+        room = max(0, max_len - (len(ids) - (hi - lo)))
+        body = ids[lo:hi][:room] if target else ids[lo:hi][hi - lo - room:]
+        return ids[:lo] + body + ids[hi:]
+
+    def encode(self, ex: Example, truncated: Counter) -> dict[str, Any]:
+        """Token ids and labels (-100 where no loss) of one example, within max_length: the start of the prompt
+        goes first; a response longer than max_length on its own keeps its head. Both are counted."""
         if self.seq2seq:
-            src = tok(self.prompt_text(self._with_system(ex.messages)), truncation=True, max_length=max_len)["input_ids"]
-            tgt = tok(text_target=ex.response, truncation=True, max_length=max_len)["input_ids"]
-            return {"input_ids": src, "attention_mask": [1] * len(src), "labels": tgt}
+            src = self._fit(self.prompt_text(self._with_system(ex.messages)), False, truncated)
+            return {"input_ids": src, "attention_mask": [1] * len(src), "labels": self._fit(ex.response, True, truncated)}
         ids: list[int] = []
         labels: list[int] = []
         for text, trained in self._segments(ex):
-            piece = tok(text, add_special_tokens=False)["input_ids"]
+            piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             ids += piece
             labels += piece if trained else [-100] * len(piece)
+        max_len = self.cfg.train.max_length
         if len(ids) > max_len:
-            truncated["truncated to max_length"] += 1
+            truncated["truncated"] += 1
             first_target = next((i for i, lab in enumerate(labels) if lab != -100), len(labels))
-            cut = min(len(ids) - max_len, first_target)  # drop the start of the prompt first
+            cut = min(len(ids) - max_len, first_target)  # the start of the prompt first
             ids, labels = ids[cut:], labels[cut:]
-            ids, labels = ids[:max_len], labels[:max_len]
+            if len(ids) > max_len:  # the response alone does not fit: keep its head
+                truncated["response_truncated"] += 1
+                ids, labels = ids[:max_len], labels[:max_len]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
+    # ---------------------------------------------------------------- data
     def prepare(self) -> tuple[list[dict], list[dict]]:
         """Read the train and eval examples (holding some out when no eval data is given) and tokenise them."""
-        d = self.cfg.data
-        train = self.read_examples(d.train, d.train_target, d.train_split)
-        if d.eval or d.eval_target:
-            evals = self.read_examples(d.eval or d.train, d.eval_target, d.eval_split or "validation")
+        data = self.cfg.data
+        train = self.read_examples(data.train, self.train_target(), data.train_split)
+        eval_files = self.eval_files()
+        if eval_files:
+            evals = self.read_examples(*eval_files, data.eval_split or "validation")
         else:
-            tr, ev = stratified_split([0] * len(train), d.eval_fraction, self.cfg.train.seed)
-            train, evals = [train[i] for i in tr], [train[i] for i in ev]
-            self.report["eval_split_from_train"] = len(evals)
+            train, evals = self.hold_out(train)
         if not train or not evals:
-            raise LeantuneError(f"{d.train}: not enough examples ({len(train)} train, {len(evals)} eval).")
+            raise LeantuneError(f"{data.train}: not enough examples ({len(train)} train, {len(evals)} eval).")
         truncated: Counter = Counter()
         self.eval_examples = evals
         train_f = [self.encode(e, truncated) for e in train]
         eval_f = [self.encode(e, truncated) for e in evals]
-        self.report.update(train=len(train), eval=len(evals), truncated=truncated["truncated to max_length"])
-        if self.bad.total:
-            self.report["bad_rows_skipped"] = self.bad.report()
-            print(f"leantune: skipped {self.bad.total} bad rows: {self.bad.report()}", file=sys.stderr, flush=True)
+        self.report.update(train=len(train), eval=len(evals), truncated=truncated["truncated"],
+                           response_truncated=truncated["response_truncated"])
+        self.report_bad_rows(self.bad)
         return train_f, eval_f
 
-    def _drop_report(self, path: str, dropped: Counter) -> None:
-        if dropped:
-            print(f"leantune: {path}: skipped {dict(dropped)}", file=sys.stderr, flush=True)
-            self.report.setdefault("dropped", {}).update({f"{Path(path).name}: {k}": v for k, v in dropped.items()})
-
     # ---------------------------------------------------------------- model, loss
-    def build_model(self, path: str) -> nn.Module:
+    @classmethod
+    def model_class(cls, model_config: Any) -> Any:
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-        cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-        model = pretrained(cls, path, self.cfg)
+        return AutoModelForSeq2SeqLM if model_config.is_encoder_decoder else AutoModelForCausalLM
+
+    def build_model(self, path: str, meta: bool = False) -> nn.Module:
+        model = self.load_model(self.model_class(self.model_config), path, meta)
         model.config.use_cache = False  # no KV cache while training; generation asks for it explicitly
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.pad_id
@@ -216,8 +247,8 @@ class GenerativeTask:
             outputs = outputs[:, -labels.shape[1]:]
         return outputs[:, :-1], labels[:, 1:]
 
-    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """(summed cross-entropy over response tokens, number of response tokens) of one micro-batch.
+    def batch_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy summed over the response tokens of one micro-batch.
 
         For decoder-only models with a plain LM head, the head is fused with the loss and applied only to the
         response positions, chunk by chunk: the [tokens x vocab] logits never exist.
@@ -225,53 +256,51 @@ class GenerativeTask:
         head = None if self.seq2seq else fusable_head(model)
         if head is None:
             logits, targets = self._outputs_and_targets(model, batch)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                    ignore_index=-100, reduction="sum")
-            return loss, int((targets != -100).sum())
         with hidden_states_as_logits(model, head):
             hidden, targets = self._outputs_and_targets(model, batch)
         keep = targets != -100
-        loss = linear_cross_entropy(hidden[keep], head.weight, targets[keep], head.bias)
-        return loss, int(keep.sum())
+        return linear_cross_entropy(hidden[keep], head.weight, targets[keep], head.bias)
+
+    def batch_count(self, batch: dict[str, torch.Tensor]) -> int:
+        """The response tokens that are targets (decoder-only: every label but the first predicts one)."""
+        labels = batch["labels"]
+        return int((labels != -100).sum()) if self.seq2seq else int((labels[:, 1:] != -100).sum())
 
     def fused_head_bytes(self, model: nn.Module, tokens: int, chunk_size: int = 512) -> int:
         """Transient of the fused head: one chunk's fp32 logits (0 when the head is not fused)."""
         head = None if self.seq2seq else fusable_head(model)
         return 0 if head is None else min(tokens, chunk_size) * head.weight.shape[0] * 4
 
-    def batch_count(self, batch: dict[str, torch.Tensor]) -> int:
-        labels = batch["labels"]
-        return int((labels != -100).sum()) if self.seq2seq else int((labels[:, 1:] != -100).sum())
-
-    # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
+    # ---------------------------------------------------------------- evaluation, generation
     def eval_loss(self, model: nn.Module, features: list[dict], device: torch.device) -> float:
-        was_training = model.training
-        model.eval()
-        bs = self.cfg.train.eval_batch_size or self.cfg.train.batch_size
-        batches = length_grouped_batches([len(f["input_ids"]) for f in features], bs, seed=0, shuffle=False)
-        total, count = 0.0, 0
-        for batch in iterate_batches(features, batches, self.pad_id):
-            loss, n = self.batch_loss(model, {k: v.to(device) for k, v in batch.items()})
-            total, count = total + float(loss), count + n
-        model.train(was_training)
-        return total / max(count, 1)
+        """Mean cross-entropy per response token over ``features``."""
+        sums = self.eval_batches(model, features, device,
+                                 lambda b: (float(self.batch_loss(model, b)), self.batch_count(b)))
+        return sum(loss for _, (loss, _) in sums) / max(sum(n for _, (_, n) in sums), 1)
 
-    def generate_for(self, model: nn.Module, examples: list[Example], **kwargs: Any) -> list[str]:
+    def generate(self, model: nn.Module, prompts: list[str], **options: Any) -> list[str]:
+        """Completions of user ``prompts``, each rendered as the first user turn of a conversation."""
+        return self.generate_examples(model, [Example([{"role": "user", "content": p}], "") for p in prompts],
+                                      **options)
+
+    def generate_examples(self, model: nn.Module, examples: list[Example], **options: Any) -> list[str]:
+        """Completions of the examples' prompts; ``options``: max_new_tokens, temperature, top_p, seed."""
         prompts = [self.prompt_text(self._with_system(e.messages)) for e in examples]
-        bs = self.cfg.train.eval_batch_size or self.cfg.train.batch_size
-        return generate(model, self.tokenizer, prompts, max_new_tokens=kwargs.pop("max_new_tokens",
-                        self.cfg.train.max_new_tokens), batch_size=bs, add_special_tokens=self.seq2seq, **kwargs)
+        options.setdefault("max_new_tokens", self.args.max_new_tokens)
+        return generate(model, self.tokenizer, prompts, batch_size=self.eval_batch_size,
+                        add_special_tokens=self.seq2seq, **options)
 
     def evaluate(self, model: nn.Module, features: list[dict], device: torch.device,
                  examples: list[Example] | None = None) -> dict[str, Any]:
         """eval_loss over all eval examples, plus generation metrics on the first ``eval_max_examples``."""
         metrics: dict[str, Any] = {"eval_loss": self.eval_loss(model, features, device)}
         examples = self.eval_examples if examples is None else examples
-        limit = self.cfg.train.eval_max_examples
+        limit = self.args.eval_max_examples
         subset = examples if limit is None else examples[:limit]
         if subset:
-            predictions = self.generate_for(model, subset)
+            predictions = self.generate_examples(model, subset)
             metrics.update(self.score(predictions, subset))
             metrics["generated"] = len(subset)
             self.last_predictions = [
@@ -281,28 +310,20 @@ class GenerativeTask:
             ]
         return metrics
 
-    def headline(self, metrics: dict[str, Any]) -> dict[str, float]:
-        return {k: metrics[k] for k in (*self.metric_keys, "eval_loss") if k in metrics}
-
-    def save_artifacts(self, run_dir: Path) -> None:
-        """Nothing before training; predictions are written by :meth:`finish`."""
-
-    def finish(self, run_dir: Path) -> None:
-        """Write the last evaluation's predictions beside their references."""
-        if self.last_predictions:
-            write_jsonl(run_dir / "predictions.jsonl", self.last_predictions)
-
     # ---------------------------------------------------------------- eval / predict on files
-    def read_file(self, path: str, fmt: str = "auto", need_labels: bool = True,
+    def read_file(self, path: str, fmt: str = "auto", labelled: bool = True,
                   target: str | None = None) -> tuple[list[Example], list[dict]]:
         """Examples and features of a file for eval (answers needed) or predict (prompts are enough)."""
-        examples = self.read_examples(path, target, self.cfg.data.eval_split or "train", need_target=need_labels)
+        examples = self.read_examples(path, target, self.cfg.data.eval_split or "train", labelled, fmt)
+        self.report_bad_rows(self.bad, path)
         return examples, [self.encode(e, Counter()) for e in examples]
 
-    def evaluate_file(self, model: nn.Module, examples: list[Example], features: list[dict],
+    def evaluate_file(self, model: nn.Module, records: list[Example], features: list[dict],
                       device: torch.device) -> dict[str, Any]:
-        return self.evaluate(model, features, device, examples)
+        return self.evaluate(model, features, device, records)
 
-    def predict(self, model: nn.Module, examples: list[Example], features: list[dict],
+    def predict(self, model: nn.Module, records: list[Example], features: list[dict],
                 device: torch.device) -> list[dict[str, Any]]:
-        return [{"prediction": p} for p in self.generate_for(model, examples)]
+        """The input of each example (the source text, or the last user message) and the generated text."""
+        return [{"input": e.meta.get("source") or e.messages[-1]["content"], "prediction": p}
+                for e, p in zip(records, self.generate_examples(model, records), strict=True)]

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from leantune.data.bad_rows import BadRows
-from leantune.data.readers import FILE_FORMATS, read_records
+from leantune.data.squad import answers_of, read_qa_records
 from leantune.errors import LeantuneError
-from leantune.tasks.generative import Example, GenerativeTask
+from leantune.tasks.generative import Example, GenerationArgs, GenerativeTask
 from leantune.tasks.qa_metrics import qa_scores
+
+STYLES = ("alpaca", "chat", "prompt_completion", "squad")
 
 QA_PROMPT = "Answer the question with a short phrase taken from the context.\n\nContext: {context}\n\nQuestion: {question}"
 
@@ -36,60 +37,26 @@ def detect_style(record: dict[str, Any]) -> str:
                         "set data.format to alpaca, chat, prompt_completion or squad.")
 
 
-def squad_records(path: str) -> list[dict[str, Any]]:
-    """Flatten SQuAD v1.1 JSON (data[].paragraphs[].qas[]) into one record per question."""
-    import json
-    from pathlib import Path
-
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise LeantuneError(f"{path}: not a readable SQuAD JSON file ({e}).") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
-        raise LeantuneError(f"{path}: SQuAD JSON needs a top-level 'data' list.")
-    out = []
-    for a, article in enumerate(obj["data"]):
-        for p, para in enumerate(article.get("paragraphs", [])):
-            for qa in para.get("qas", []):
-                out.append({"context": para["context"], "question": qa["question"], "answers": qa.get("answers", []),
-                            "id": qa.get("id"), "title": article.get("title", str(a)),
-                            "_source": f"{path}:data[{a}].paragraphs[{p}] question {qa.get('id')}"})
-    return out
-
-
-def read_qa_records(path: str, fmt: str, split: str, bad: BadRows | None = None) -> list[dict[str, Any]]:
-    """SQuAD JSON, or any file format whose records have context/question/answers."""
-    if fmt in ("squad", "auto") and path.endswith(".json"):
-        try:
-            return squad_records(path)
-        except LeantuneError:
-            if fmt == "squad":
-                raise
-    return read_records(path, fmt if fmt in FILE_FORMATS else "auto", split, bad=bad)
-
-
-def answers_of(rec: dict[str, Any]) -> list[str]:
-    """Answer texts of a QA record: SQuAD's list of {text, answer_start}, HF's {text: [...]}, or a string."""
-    answers = rec.get("answers", rec.get("answer"))
-    if isinstance(answers, dict):
-        answers = answers.get("text", [])
-    if isinstance(answers, str):
-        answers = [answers]
-    return [a["text"] if isinstance(a, dict) else str(a) for a in answers or []]
+class InstructionArgs(GenerationArgs):
+    """``task_args`` of ``task: instruction`` (the record style is ``data.format``)."""
 
 
 class InstructionTask(GenerativeTask):
-    name = "instruction"
-    default_metric = "eval_loss"
-    metric_keys = ("exact_match", "f1")
+    """Answer instructions, chats and questions in words; scored by exact match and token F1, and the eval loss."""
 
-    def read_examples(self, path: str, target_path: str | None, split: str,
-                      need_target: bool = True) -> list[Example]:
-        fmt = self.cfg.data.format
+    name = "instruction"
+    Args = InstructionArgs
+    metrics = {"exact_match": True, "f1": True, "eval_loss": False}
+    default_metric = "eval_loss"
+
+    def read_examples(self, path: str, target_path: str | None, split: str, need_target: bool = True,
+                      fmt: str | None = None) -> list[Example]:
+        self.no_target_file(target_path)
+        fmt = fmt or self.cfg.data.format
         records = read_qa_records(path, fmt, split, self.bad)
         if not records:
             raise LeantuneError(f"{path}: no examples.")
-        style = fmt if fmt in ("alpaca", "chat", "prompt_completion", "squad") else detect_style(records[0])
+        style = fmt if fmt in STYLES else detect_style(records[0])
         examples: list[Example] = []
         dropped: Counter = Counter()
         for rec in records:
@@ -103,7 +70,7 @@ class InstructionTask(GenerativeTask):
                     dropped["empty prompt or response"] += 1
                     continue
                 examples.append(ex)
-        self._drop_report(path, dropped)
+        self.report_dropped(path, dropped)
         return examples
 
     def _to_examples(self, rec: dict[str, Any], style: str, need_target: bool = True) -> list[Example]:

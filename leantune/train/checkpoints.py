@@ -11,6 +11,9 @@ never stopped:
 * ``state.json`` — step, data position (micro-batches consumed), best-metric bookkeeping, the open log window;
 * ``manifest.json`` — size and SHA-256 of every file above, written last.
 
+The best evaluation's weights go to ``checkpoint-best/`` (a peft-format adapter plus ``trainable.safetensors``),
+each file written atomically.
+
 It is written to a temporary folder, every file fsynced, renamed into place, and only then is
 ``checkpoints/latest`` (a one-line pointer, itself replaced atomically) moved to it: a crash at any moment leaves
 the previous checkpoint intact and pointed to. On resume the manifest is checked; a corrupt or truncated
@@ -34,11 +37,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from leantune.errors import LeantuneError
-from leantune.files import atomic_write_text, fsync_dir
-from leantune.train.distributed import Dist, full_tensor, is_sharded, load_full_into
+from leantune.files import atomic_write, atomic_write_text, fsync_dir
+from leantune.tensors import full_tensor, is_sharded, load_full_into
+from leantune.train.distributed import Dist
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "checkpoint-best"
+TRAINABLE = "trainable.safetensors"
 
 
 @dataclass
@@ -57,34 +63,34 @@ class LoopState:
 
 # ------------------------------------------------------------------------------------------------- writing
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: LoopState, keep_last: int, d: Dist | None = None) -> Path:
+                    state: LoopState, keep_last: int, dist: Dist | None = None) -> Path:
     """Write a complete checkpoint for ``state.step`` atomically, point ``latest`` at it, prune old ones.
 
     With several processes every rank calls it: sharded weights are gathered whole, each rank adds its own
     optimizer shard and random state, rank 0 writes the rest and moves the checkpoint into place."""
     import leantune as lt
 
-    d = d or Dist()
+    dist = dist or Dist()
     root = run_dir / CHECKPOINTS
     name = f"step-{state.step:07d}"
     tmp = root / f".tmp-{name}"
     tensors = trainable_state(model)  # collective when sharded
-    if d.main:
+    if dist.main:
         root.mkdir(exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_file(tensors, str(tmp / "trainable.safetensors"))
-    lt.save_adapter(model, tmp / "adapter", write=d.main)
-    d.barrier()
+        save_file(tensors, str(tmp / TRAINABLE))
+    lt.save_adapter(model, tmp / "adapter", write=dist.main)
+    dist.barrier()
     tmp.mkdir(parents=True, exist_ok=True)  # (another node's view of the folder, without a shared filesystem)
     torch.save({"optimizer": _local_optimizer_state(optimizer), "scheduler": scheduler.state_dict()},
-               tmp / f"optimizer-rank{d.rank}.pt")
-    torch.save(rng_state(), tmp / f"rng-rank{d.rank}.pt")
-    d.barrier()
+               tmp / f"optimizer-rank{dist.rank}.pt")
+    torch.save(rng_state(), tmp / f"rng-rank{dist.rank}.pt")
+    dist.barrier()
     final = root / name
-    if d.main:
-        (tmp / "state.json").write_text(json.dumps({**asdict(state), "world_size": d.world}) + "\n")
+    if dist.main:
+        (tmp / "state.json").write_text(json.dumps({**asdict(state), "world_size": dist.world}) + "\n")
         _write_manifest(tmp)
         _fsync_tree(tmp)
         if final.exists():  # the same step saved again after a resume
@@ -93,7 +99,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         fsync_dir(root)
         atomic_write_text(root / LATEST, name + "\n")
         _prune(root, keep_last, keep=name)
-    d.barrier()
+    dist.barrier()
     return final
 
 
@@ -172,18 +178,19 @@ def _fsync_tree(folder: Path) -> None:
         if p.is_file():
             with p.open("rb") as f:
                 os.fsync(f.fileno())
-    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        fsync_dir(d)
+    for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        fsync_dir(sub)
 
 
 def _prune(root: Path, keep_last: int, keep: str) -> None:
-    """Keep the newest ``keep_last`` checkpoints (and the one ``latest`` names); drop unfinished temporaries."""
+    """Keep the newest ``keep_last`` checkpoints (and the one ``latest`` names); drop unfinished temporaries (the
+    one being written is already in place when this runs, so every ``.tmp-*`` left is from a crash)."""
     steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
     for old in steps[:-keep_last] if keep_last > 0 else steps:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
     for tmp in root.glob(".tmp-*"):
-        if tmp.is_dir() and not tmp.name.endswith(f"-{os.getpid()}"):
+        if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -228,26 +235,26 @@ def candidates(run_dir: Path) -> list[Path]:
     return sorted(steps, key=lambda p: p.name != latest)
 
 
-def load_latest_checkpoint(run_dir: Path, warn: Any = print, d: Dist | None = None) -> Checkpoint | None:
+def load_latest_checkpoint(run_dir: Path, warn: Any = print, dist: Dist | None = None) -> Checkpoint | None:
     """The newest checkpoint that verifies; each one skipped is reported through ``warn``. A checkpoint written
     by a different number of processes is refused (its optimizer shards and random states are per rank)."""
-    d = d or Dist()
+    dist = dist or Dist()
     for folder in candidates(run_dir):
         problem = verify(folder)
         if problem is None:
             try:
                 raw = json.loads((folder / "state.json").read_text())
                 saved_world = raw.pop("world_size", 1)
-                if saved_world != d.world:
+                if saved_world != dist.world:
                     raise LeantuneError(
                         f"{folder} was written by {saved_world} process(es); resume it with the same number "
-                        f"(this run has {d.world}): optimizer shards and random states are per process.")
+                        f"(this run has {dist.world}): optimizer shards and random states are per process.")
                 return Checkpoint(
                     path=folder,
                     state=LoopState(**raw),
-                    trainable=load_file(str(folder / "trainable.safetensors")),
-                    optimizer=torch.load(folder / f"optimizer-rank{d.rank}.pt", weights_only=True),
-                    rng=torch.load(folder / f"rng-rank{d.rank}.pt", weights_only=True),
+                    trainable=load_file(str(folder / TRAINABLE)),
+                    optimizer=torch.load(folder / f"optimizer-rank{dist.rank}.pt", weights_only=True),
+                    rng=torch.load(folder / f"rng-rank{dist.rank}.pt", weights_only=True),
                 )
             except (OSError, SafetensorError, RuntimeError, ValueError, TypeError, KeyError) as e:
                 problem = f"unreadable ({type(e).__name__}: {e})"
@@ -255,7 +262,28 @@ def load_latest_checkpoint(run_dir: Path, warn: Any = print, d: Dist | None = No
     return None
 
 
-def restore_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+# ------------------------------------------------------------------------------------------------- best weights
+def save_best(run_dir: Path, model: nn.Module, tensors: dict[str, torch.Tensor], dist: Dist | None = None) -> None:
+    """The best evaluation's weights in ``checkpoint-best/``: a peft-format adapter plus ``tensors`` (the trainable
+    tensors by name, as :func:`trainable_state` gives them). Every rank calls it (sharded weights are gathered for
+    the adapter); the first writes, each file atomically."""
+    import leantune as lt
+
+    dist = dist or Dist()
+    best = run_dir / BEST
+    lt.save_adapter(model, best, write=dist.main)
+    if dist.main:
+        atomic_write(best / TRAINABLE, lambda tmp: save_file(tensors, tmp))
+
+
+def load_best(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The trainable tensors :func:`save_best` wrote."""
+    return load_file(str(run_dir / BEST / TRAINABLE))
+
+
+def restore_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Copy saved trainable tensors into ``model``; refuses tensors that do not fit its trainable parameters
+    (naming ``source``). Sharded parameters keep only this rank's shard."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:

@@ -7,8 +7,8 @@
   bases too large for one device, frozen and trainable parameters sharded alike.
 * Data: every rank builds the same seeded, length-grouped *global* batches of ``batch_size x world`` examples and
   takes its own slice, so 2 processes x batch 4 see exactly the examples 1 process x batch 8 sees, step by step.
-* ``full_tensor`` / ``local_shard`` move between a sharded (DTensor) parameter and its whole value, so saved
-  adapters always hold every parameter in full.
+* Sharded (DTensor) parameters are read and written whole through :mod:`leantune.tensors`, so saved adapters and
+  checkpoints always hold every parameter in full.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 from torch import nn
 
 from leantune.errors import LeantuneError
@@ -46,14 +46,14 @@ class Dist:
 
     def barrier(self) -> None:
         if self.active:
-            dist.barrier()
+            torch_dist.barrier()
 
     def sum(self, *values: float) -> list[float]:
         """The sums over all ranks of a few numbers (float64 on the wire)."""
         if not self.active:
             return list(values)
         t = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
-        dist.all_reduce(t)
+        torch_dist.all_reduce(t)
         return t.tolist()
 
     def any(self, flag: bool) -> bool:
@@ -61,11 +61,11 @@ class Dist:
 
     @property
     def comm_device(self) -> torch.device:
-        return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return torch.device("cuda", self.local_rank) if torch_dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def init_distributed(strategy: str, backend: str = "auto") -> Dist:
-    """Join torchrun's process group (if there is one); pick this rank's device."""
+    """Join torchrun's process group (if there is one) and say where this process stands in it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -76,20 +76,14 @@ def init_distributed(strategy: str, backend: str = "auto") -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, strategy=strategy)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    return Dist(rank=torch_dist.get_rank(), world=torch_dist.get_world_size(), local_rank=local_rank, strategy=strategy)
 
 
-def device_for(d: Dist) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
-
-
-def shutdown(d: Dist) -> None:
-    if d.active and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(dist: Dist) -> None:
+    if dist.active and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -104,17 +98,17 @@ class _DDP(nn.parallel.DistributedDataParallel):
             return getattr(self.module, name)
 
 
-def wrap_model(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
+def wrap_model(model: nn.Module, dist: Dist, device: torch.device) -> nn.Module:
     """The model as the strategy trains it (the model itself on one process)."""
-    if not d.active:
+    if not dist.active:
         return model
-    if d.strategy == "ddp":
+    if dist.strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         return _DDP(model, device_ids=ids, find_unused_parameters=False)
-    if d.strategy == "fsdp":
+    if dist.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        from leantune.train.checkpointing import transformer_blocks
+        from leantune.train.activation_checkpointing import transformer_blocks
 
         blocks = transformer_blocks(model)
         if not blocks:
@@ -124,7 +118,7 @@ def wrap_model(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
             fully_shard(block)
         fully_shard(model)
         return model
-    raise LeantuneError(f"unknown distributed.strategy {d.strategy!r}; choose ddp or fsdp")
+    raise LeantuneError(f"unknown distributed.strategy {dist.strategy!r}; choose ddp or fsdp")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -151,42 +145,16 @@ def no_gradient_sync(model: nn.Module, skip: bool) -> Iterator[None]:
     yield
 
 
-# ------------------------------------------------------------------------------------------------- tensors
-def is_sharded(t: torch.Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(t, DTensor)
-
-
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole value of a parameter, gathered from every rank when it is sharded (collective: all ranks call)."""
-    return t.full_tensor() if is_sharded(t) else t
-
-
-def load_full_into(param: torch.Tensor, value: torch.Tensor) -> None:
-    """Copy a whole value into a parameter, keeping only this rank's shard when it is sharded."""
-    with torch.no_grad():
-        if is_sharded(param):
-            from torch.distributed.tensor import distribute_tensor
-
-            shard = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
-            param.to_local().copy_(shard.to_local())
-        else:
-            param.copy_(value)
-
-
-def global_batches(batches: list[list[int]], d: Dist) -> list[list[int]]:
+def global_batches(batches: list[list[int]], dist: Dist) -> list[list[int]]:
     """This rank's slice of every global batch (contiguous; a last batch too small for every rank is dropped)."""
-    if not d.active:
+    if not dist.active:
         return batches
     out = []
     for b in batches:
-        if len(b) < d.world:
+        if len(b) < dist.world:
             continue
-        per = len(b) // d.world
-        extra = len(b) % d.world
-        start = d.rank * per + min(d.rank, extra)
-        out.append(b[start:start + per + (1 if d.rank < extra else 0)])
+        per = len(b) // dist.world
+        extra = len(b) % dist.world
+        start = dist.rank * per + min(dist.rank, extra)
+        out.append(b[start:start + per + (1 if dist.rank < extra else 0)])
     return out

@@ -17,7 +17,6 @@ The forward pass runs the real model on the real batch, so every method, archite
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,10 +26,11 @@ from leantune.config import RunConfig
 from leantune.data.batching import pad_batch
 from leantune.data.packing import pack_examples
 from leantune.models.quantize import is_quantized_layer
-from leantune.models.registry import resolve_model
-from leantune.tasks import make_task
-from leantune.train.checkpointing import transformer_blocks
+from leantune.tasks.base import Task
+from leantune.train.activation_checkpointing import transformer_blocks
+from leantune.train.device import autocast_dtype
 from leantune.train.memory import current_rss_mb
+from leantune.train.setup import load_task, prepare_model, setup_process
 
 MB = 2**20
 # Resident memory exceeds the live tensors of a step: glibc's heap keeps freed activation memory and fragments
@@ -54,16 +54,11 @@ class Estimate:
 
 
 def estimate_run(cfg: RunConfig) -> Estimate:
-    """Predict the peak memory of ``fine_tune(cfg)`` on this machine's device (see the module docstring)."""
-    from leantune.train.loop import autocast_dtype, pick_device, prepare_model
-    from leantune.train.runs import load_tokenizer
-
+    """Predict the peak memory of ``fine_tune(cfg)`` on this machine's device (see the module docstring). The run's
+    own setup builds the task, data and model."""
     tc = cfg.train
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    device = pick_device()
-    model_path = resolve_model(cfg.model)
-    task = make_task(cfg, load_tokenizer(model_path), model_path=model_path)
+    device = setup_process(tc)
+    model_path, task = load_task(cfg)
     train_features, _ = task.prepare()
     runtime_mb = current_rss_mb() if device.type == "cpu" else 0.0
     model, _ = prepare_model(cfg, task, model_path, device, checkpointing=False)
@@ -87,7 +82,7 @@ def estimate_run(cfg: RunConfig) -> Estimate:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     weights += sum(b.numel() * b.element_size() for b in model.buffers())
     grads = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
-    head = getattr(task, "fused_head_bytes", lambda m, n: 0)(model, shape[0] * shape[1])
+    head = task.fused_head_bytes(model, shape[0] * shape[1])
     transient = max(largest, head)
     if any(is_quantized_layer(m) for m in model.modules()):
         biggest = max(m.in_features * m.out_features * 4 for m in model.modules() if is_quantized_layer(m))
@@ -111,7 +106,7 @@ def _largest_batch(features: list[dict], batch_size: int, pad_id: int, pack_leng
     return pad_batch(longest, pad_id)
 
 
-def _saved_bytes(model: nn.Module, task: Any, batch: dict[str, torch.Tensor], amp_dtype: torch.dtype | None,
+def _saved_bytes(model: nn.Module, task: Task, batch: dict[str, torch.Tensor], amp_dtype: torch.dtype | None,
                  device: torch.device) -> tuple[int, list[int], int]:
     """(bytes saved for backward, bytes saved inside each transformer block, the largest saved tensor)."""
     skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -139,7 +134,7 @@ def _saved_bytes(model: nn.Module, task: Any, batch: dict[str, torch.Tensor], am
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss, _ = task.batch_loss(model, batch)
+            loss = task.batch_loss(model, batch)
         del loss
     finally:
         for h in handles:

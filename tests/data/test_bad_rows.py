@@ -101,12 +101,12 @@ def test_invalid_utf8_names_the_line_in_every_line_format(tmp_path):
 
 
 def test_a_method_the_model_cannot_take_fails_before_weights_load(bert_dir, tmp_path, monkeypatch):
-    import leantune.tasks.classification as classification
+    import leantune.tasks.base as tasks_base
 
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(classification, "pretrained", no_loading)
+    monkeypatch.setattr(tasks_base, "pretrained", no_loading)  # every task loads its weights through it
     train = write_csv(tmp_path / "t.csv", sentiment_rows(40))
     raw = _run_cfg(bert_dir, train, tmp_path)
     with pytest.raises(LeantuneError, match="method prefix on .*decoder-only"):
@@ -153,8 +153,9 @@ def test_generative_bad_records_are_skipped_and_counted(tmp_path):
     folder = save_tiny_llama(tmp_path / "m", [r["instruction"] + r["output"] for r in rows])
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"instruction": "no output"}\nnot json\n')
-    raw = {"model": folder, "task": "instruction", "data": {"train": str(data), "format": "alpaca"},
-           "train": {"max_steps": 1, "batch_size": 4, "max_length": 32, "eval_max_examples": 0},
+    raw = {"model": folder, "task": "instruction", "task_args": {"eval_max_examples": 0},
+           "data": {"train": str(data), "format": "alpaca"},
+           "train": {"max_steps": 1, "batch_size": 4, "max_length": 32},
            "output_dir": str(tmp_path / "run")}
     with pytest.raises(LeantuneError, match=r"d.jsonl:32: invalid JSON"):
         fine_tune(validate_config(raw), quiet=True)

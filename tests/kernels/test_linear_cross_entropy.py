@@ -47,13 +47,13 @@ def test_task_loss_with_the_fused_head_equals_full_logits(method, tmp_path):
     import leantune as lt
     from leantune.config import validate_config
     from leantune.data.batching import pad_batch
+    from leantune.models.loading import load_tokenizer
     from leantune.tasks import make_task
     from leantune.tasks.generative import Example
-    from leantune.train.runs import load_tokenizer
 
     folder = save_tiny_llama(tmp_path / "m", ["what colour is the sky blue red green"] * 5)
     cfg = validate_config({"model": folder, "task": "instruction", "data": {"train": "x.jsonl"}})
-    task = make_task(cfg, load_tokenizer(folder), model_path=folder)
+    task = make_task(cfg, load_tokenizer(folder), folder)
     model = task.build_model(folder)
     config = {"lora": lt.LoraConfig(r=4, init="random"), "prompt": lt.PromptTuningConfig(num_virtual_tokens=3),
               "full": lt.FullConfig()}[method]
@@ -63,7 +63,7 @@ def test_task_loss_with_the_fused_head_equals_full_logits(method, tmp_path):
     feats = [task.encode(Example([{"role": "user", "content": q}], a), Counter())
              for q, a in [("what colour is the sky", "blue"), ("and grass", "green green")]]
     batch = pad_batch(feats, task.pad_id)
-    fused, n = task.batch_loss(model, batch)
+    fused, n = task.batch_loss(model, batch), task.batch_count(batch)
     fused.backward()
     fused_grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()

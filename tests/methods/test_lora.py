@@ -128,6 +128,22 @@ def test_embedding_lora_and_dora():
         torch.testing.assert_close(output_of(lt.merge(model), inputs), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_dora_is_a_variant_on_the_lora_layer():
+    from leantune.methods.dora import DoraVariant
+    from leantune.methods.lora_variant import LoraVariant
+
+    plain = lt.attach(llama(), lt.LoraConfig(r=2, target_modules=["q_proj"])).model.layers[0].self_attn.q_proj
+    assert type(plain.variants["default"]) is LoraVariant and not hasattr(plain, "lora_magnitude_vector")
+    model = lt.attach(llama(), lt.LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    layer = model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer.variants["default"], DoraVariant)
+    assert set(layer.adapter_parameters("default")) == {"lora_A.weight", "lora_B.weight", "lora_magnitude_vector"}
+    lt.add_adapter(model, "second", lt.LoraConfig(r=2, target_modules=["q_proj"]))  # variants are per adapter
+    assert type(layer.variants["second"]) is LoraVariant and "second" not in layer.lora_magnitude_vector
+    lt.delete_adapter(model, "default")
+    assert list(layer.variants) == ["second"] and len(layer.lora_magnitude_vector) == 0
+
+
 def test_dropout_only_in_training():
     model = lt.attach(llama(), lt.LoraConfig(r=4, dropout=0.5, init="random"))
     inputs = batch("llama")

@@ -106,6 +106,21 @@ def test_pissa_refuses_a_quantized_base():
         lt.attach(model, lt.LoraConfig(r=2, init="pissa"))
 
 
+@pytest.mark.parametrize("config", [lt.LoraConfig(r=4), lt.IA3Config(), lt.BottleneckConfig()],
+                         ids=["lora", "ia3", "bottleneck"])
+def test_adding_an_adapter_does_not_dequantise_the_base(config, monkeypatch):
+    model = llama().to(torch.bfloat16)
+    quantize_model(model, "nf4")
+    calls = []
+    dequantize = QuantizedLinear.dequantize
+    monkeypatch.setattr(QuantizedLinear, "dequantize", lambda self, dtype=None: calls.append(self) or dequantize(self, dtype))
+    lt.attach(model, config)
+    assert calls == []  # dtype and device were read without materialising any weight
+    added = [p for n, p in model.named_parameters() if p.requires_grad and ".original_module." not in n
+             and ".modules_to_save." not in n]
+    assert added and all(p.dtype == torch.bfloat16 for p in added)  # the base's dtype, not its packed storage's
+
+
 def test_qlora_run_end_to_end(tmp_path):
     from tiny_models import save_tiny_llama
 
@@ -118,8 +133,8 @@ def test_qlora_run_end_to_end(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = validate_config({
         "model": folder, "task": "instruction", "quantize": "nf4", "method_args": {"r": 8},
-        "data": {"train": str(tmp_path / "d.jsonl")},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 5e-3, "max_length": 48, "eval_max_examples": 0},
+        "task_args": {"eval_max_examples": 0}, "data": {"train": str(tmp_path / "d.jsonl")},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 5e-3, "max_length": 48},
         "output_dir": str(tmp_path / "run"),
     })
     result = fine_tune(cfg, quiet=True)

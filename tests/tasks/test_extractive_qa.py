@@ -3,8 +3,8 @@
 import torch
 from tiny_models import save_tiny_bert
 
+from leantune.models.loading import load_tokenizer
 from leantune.tasks.extractive_qa import best_span, make_windows, span_targets
-from leantune.train.runs import load_tokenizer
 
 CONTEXT = "the red house is big . the blue dog is small . the green cat is old . the film was good ."
 
@@ -73,7 +73,7 @@ def test_records_without_context_or_question_are_bad_rows(tmp_path):
     def task(policy):
         cfg = validate_config({"model": folder, "task": "extractive_qa",
                                "data": {"train": str(path), "on_bad_rows": policy}, "train": {"max_length": 32}})
-        return make_task(cfg, load_tokenizer(folder), model_path=folder)
+        return make_task(cfg, load_tokenizer(folder), folder)
 
     with pytest.raises(LeantuneError, match=r"qa.jsonl:3: missing or empty field\(s\) \['question'\]"):
         task("error").read(str(path), "train")

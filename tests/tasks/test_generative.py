@@ -12,10 +12,11 @@ from tiny_models import save_tiny_llama, save_tiny_t5
 from leantune.config import validate_config
 from leantune.errors import LeantuneError
 from leantune.generate import eos_ids, generate_ids
+from leantune.models.loading import load_tokenizer
 from leantune.tasks import make_task
 from leantune.tasks.generative import Example
 from leantune.train.loop import fine_tune
-from leantune.train.runs import load_run, load_tokenizer
+from leantune.train.runs import load_run
 
 COLORS = ["red", "blue", "green", "yellow"]
 ROWS = [{"instruction": f"What colour is item {i}?", "input": "", "output": COLORS[i % 4]} for i in range(160)]
@@ -34,10 +35,10 @@ def folders(tmp_path_factory):
     }
 
 
-def _task(folder, task="instruction", **data):
-    cfg = validate_config({"model": folder, "task": task, "data": {"train": "unused.jsonl", **data},
-                           "train": {"max_length": 64}})
-    return make_task(cfg, load_tokenizer(folder), model_path=folder)
+def _task(folder, task="instruction", task_args=None, max_length=64, **data):
+    cfg = validate_config({"model": folder, "task": task, "task_args": task_args or {},
+                           "data": {"train": "unused.jsonl", **data}, "train": {"max_length": max_length}})
+    return make_task(cfg, load_tokenizer(folder), folder)
 
 
 def _trained_text(task, feature):
@@ -71,13 +72,34 @@ def test_seq2seq_targets_end_with_eos(folders):
     assert task.tokenizer.decode(f["labels"], skip_special_tokens=True) == "yellow"
 
 
-def test_truncation_keeps_the_response(folders):
+def test_truncation_drops_the_start_of_the_prompt_first(folders):
     task = _task(folders["chat"])
     ex = Example([{"role": "user", "content": "What colour is item 3? " * 30}], "yellow")
     counts = Counter()
     f = task.encode(ex, counts)
-    assert len(f["input_ids"]) == 64 and counts["truncated to max_length"] == 1
+    assert len(f["input_ids"]) == 64 and counts == {"truncated": 1}
     assert _trained_text(task, f) == "yellow<|im_end|>\n"
+    kept = task.tokenizer.decode(f["input_ids"])
+    assert kept.endswith("item 3? <|im_end|>\n<|im_start|>assistant\nyellow<|im_end|>\n")  # the prompt's end
+    assert not kept.startswith("<|im_start|>user")  # its start went
+
+
+def test_a_response_longer_than_max_length_keeps_its_head_and_is_counted(folders):
+    task = _task(folders["chat"], max_length=16)
+    long = " ".join(["red blue green yellow"] * 10)
+    counts = Counter()
+    f = task.encode(Example([{"role": "user", "content": "What colour is item 3?"}], long), counts)
+    assert len(f["input_ids"]) == 16 and counts == {"truncated": 1, "response_truncated": 1}
+    assert all(lab != -100 for lab in f["labels"])  # the whole prompt went first
+    assert long.startswith(task.tokenizer.decode(f["input_ids"]))
+    t5 = _task(folders["t5"], max_length=8)
+    counts = Counter()
+    f = t5.encode(Example([{"role": "user", "content": "What colour is item 3? " * 5}], long), counts)
+    assert counts == {"truncated": 1, "response_truncated": 1}
+    assert len(f["input_ids"]) == len(f["labels"]) == 8
+    assert f["input_ids"][-1] == f["labels"][-1] == t5.tokenizer.eos_token_id  # EOS kept after the cut
+    assert t5.tokenizer.decode(f["input_ids"], skip_special_tokens=True).rstrip().endswith("item 3?")  # its end
+    assert long.startswith(t5.tokenizer.decode(f["labels"], skip_special_tokens=True))  # the target's head
 
 
 def test_record_styles(folders, tmp_path):
@@ -118,18 +140,18 @@ def test_translation_readers(folders, tmp_path):
         f.write("the red dog\nthe cat\n\n")
     with gzip.open(tmp_path / "a.de.gz", "wt") as f:
         f.write("der rote hund\ndie katze\nleer\n")
-    task = _task(folders["chat"], "translation", source_lang="English", target_lang="German")
+    task = _task(folders["chat"], "translation", {"source_lang": "English", "target_lang": "German"})
     examples = task.read_examples(str(tmp_path / "a.en.gz"), str(tmp_path / "a.de.gz"), "train")
     assert [e.response for e in examples] == ["der rote hund", "die katze"]  # the empty source line is skipped
     assert "Translate this English text into German" in examples[0].messages[0]["content"]
     (tmp_path / "p.tsv").write_text("src\ttgt\nthe dog\tder hund\n")
-    task.cfg.data.source_column, task.cfg.data.target_column = "src", "tgt"
+    task.args.source_column, task.args.target_column = "src", "tgt"
     assert task.read_examples(str(tmp_path / "p.tsv"), None, "train")[0].response == "der hund"
     with gzip.open(tmp_path / "short.de.gz", "wt") as f:
         f.write("eins\n")
     with pytest.raises(LeantuneError, match="aligned line by line"):
         task.read_examples(str(tmp_path / "a.en.gz"), str(tmp_path / "short.de.gz"), "train")
-    with pytest.raises(LeantuneError, match="source_lang"):
+    with pytest.raises(LeantuneError, match="missing key 'task_args.source_lang'"):
         validate_config({"model": "m", "task": "translation", "data": {"train": "x"}})
 
 
@@ -137,9 +159,9 @@ def _instruction_config(folders, tmp_path, **train):
     (tmp_path / "inst.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return validate_config({
         "model": folders["chat"], "task": "instruction", "method": "lora", "method_args": {"r": 8},
+        "task_args": {"eval_max_examples": 16, "max_new_tokens": 12},
         "data": {"train": str(tmp_path / "inst.jsonl"), "format": "alpaca"},
-        "train": {"epochs": 4, "batch_size": 8, "lr": 5e-3, "max_length": 64, "eval_max_examples": 16,
-                  "max_new_tokens": 12, **train},
+        "train": {"epochs": 4, "batch_size": 8, "lr": 5e-3, "max_length": 64, **train},
         "output_dir": str(tmp_path / "run"),
     })
 

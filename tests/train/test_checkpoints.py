@@ -85,12 +85,14 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(setup)
     raw = _raw(setup, "killed", max_steps=400)
     cfg_file = setup[2] / "killed.yaml"
     cfg_file.write_text(yaml.safe_dump(raw))
-    kill_at = random.Random().randint(8, 120)
+    kill_at = random.Random(raw["train"]["seed"]).randint(8, 120)  # the run's seed: a failure can be replayed
+    print(f"killing the run at step {kill_at} (train.seed {raw['train']['seed']})")
     proc = _start(cfg_file)
     _wait_for_step(Path(raw["output_dir"]), kill_at, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_log = _losses(Path(raw["output_dir"]))
+    print(f"killed after step {max(killed_log)}")
     assert max(killed_log) < 400, "the run finished before it was killed"
 
     resumed = fine_tune(validate_config(raw), quiet=True, resume=True)
@@ -162,17 +164,34 @@ def test_resume_refuses_what_it_cannot_continue(setup, tmp_path):
 
 
 def test_nan_steps_are_skipped_then_the_run_stops(setup, monkeypatch, capsys):
+    """Step 3 gets a NaN loss, step 4 a finite loss with NaN gradients: neither may touch the weights."""
     real = loop.accumulate_gradients
-    calls = {"n": 0}
+    calls, before_skip, unchanged = {"n": 0}, {}, []
 
-    def sometimes_nan(*args, **kwargs):
-        loss, tokens = real(*args, **kwargs)
+    def trainable(model) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def sometimes_nan(model, *args, **kwargs):
+        if before_skip:  # the first backward after a skipped step sees the weights the skipped step saw
+            now = trainable(model)
+            unchanged.append(all(torch.equal(now[n], before_skip[n]) for n in before_skip))
+            before_skip.clear()
+        loss, tokens = real(model, *args, **kwargs)
         calls["n"] += 1
-        return (float("nan"), tokens) if calls["n"] in (3, 4) else (loss, tokens)
+        if calls["n"] in (3, 4):
+            before_skip.update(trainable(model))
+        if calls["n"] == 3:
+            return float("nan"), tokens
+        if calls["n"] == 4:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+        return loss, tokens
 
     monkeypatch.setattr(loop, "accumulate_gradients", sometimes_nan)
     result = fine_tune(validate_config(_raw(setup, "nan", max_steps=10)), quiet=True)
     assert result.steps == 10
+    assert unchanged == [True, True]  # neither skipped step changed a trainable weight
     rows = [json.loads(x) for x in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert sum(1 for r in rows if r.get("skipped")) == 2
     assert "not finite" in capsys.readouterr().err

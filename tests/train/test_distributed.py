@@ -76,12 +76,26 @@ def single(setup):
     return _run_dir(cfg)
 
 
+@pytest.fixture(scope="module")
+def two_process_run(setup):
+    """``two_process_run(strategy)``: (run folder, stdout, stderr) of a 2-process run of batch 4, trained once,
+    on first use, so any test that needs one can run alone."""
+    done: dict[str, tuple[Path, str, str]] = {}
+
+    def run(strategy: str) -> tuple[Path, str, str]:
+        if strategy not in done:
+            cfg = _config(setup, strategy, batch_size=4, strategy=strategy)
+            code, out, err = _train(cfg, nproc=2)
+            assert code == 0, err
+            done[strategy] = (_run_dir(cfg), out, err)
+        return done[strategy]
+
+    return run
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_equal_one_process_with_the_same_global_batch(setup, single, strategy):
-    cfg = _config(setup, strategy, batch_size=4, strategy=strategy)
-    code, out, err = _train(cfg, nproc=2)
-    assert code == 0, err
-    run = _run_dir(cfg)
+def test_two_processes_equal_one_process_with_the_same_global_batch(single, two_process_run, strategy):
+    run, out, err = two_process_run(strategy)
     assert out.count("run folder:") == 1  # one process reports
     one, two = _losses(single), _losses(run)
     assert sorted(one) == sorted(two) == list(range(1, 13))
@@ -97,16 +111,14 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(setup, singl
         "optimizer-rank0.pt", "optimizer-rank1.pt", "rng-rank0.pt", "rng-rank1.pt", "trainable.safetensors"}
 
 
-def test_the_adapter_loads_in_one_process_and_in_peft(setup):
+def test_the_adapter_loads_in_one_process_and_in_peft(setup, two_process_run):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import leantune as lt
 
-    model_dir, _, tmp = setup
-    run = tmp / "run-ddp"
-    if not (run / "adapter").is_dir():
-        pytest.skip("needs the ddp run of the test above")
+    model_dir = setup[0]
+    run, _, _ = two_process_run("ddp")  # the run of the test above, or its own when run alone
     tok = AutoTokenizer.from_pretrained(model_dir)
     batch = tok(["the film was good", "the food was bad"], return_tensors="pt", padding=True)
     ours = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).eval()

@@ -11,10 +11,10 @@ from tiny_models import save_tiny_bert, sentiment_rows, write_csv
 import leantune as lt
 from leantune.config import validate_config
 from leantune.data.batching import pad_batch
+from leantune.models.loading import load_tokenizer
 from leantune.tasks import make_task
 from leantune.train.loop import _improved, accumulate_gradients, fine_tune
 from leantune.train.optim import build_optimizer, lr_factor
-from leantune.train.runs import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_early_stopping(tmp_path, model_dir):
 def test_accumulation_of_4x8_equals_one_batch_of_32(tmp_path, model_dir):
     cfg = _cfg(tmp_path, model_dir)
     tok = load_tokenizer(model_dir)
-    task = make_task(cfg, tok)
+    task = make_task(cfg, tok, model_dir)
     features, _ = task.prepare()
     features = features[:32]
     assert len({len(f["input_ids"]) for f in features}) > 1  # different lengths: padding differs between the two
@@ -104,9 +104,10 @@ def test_optimizer_groups_and_schedule():
 
 
 def test_best_metric_direction():
-    assert _improved(0.9, 0.8, "accuracy") and not _improved(0.7, 0.8, "accuracy")
-    assert _improved(0.3, 0.5, "eval_loss") and not _improved(0.6, 0.5, "eval_loss")
-    assert _improved(0.8, None, "accuracy") and not _improved(None, 0.5, "accuracy")
+    assert _improved(0.9, 0.8, higher_is_better=True) and not _improved(0.7, 0.8, higher_is_better=True)
+    assert _improved(0.3, 0.5, higher_is_better=False) and not _improved(0.6, 0.5, higher_is_better=False)
+    assert _improved(0.8, None, higher_is_better=True) and not _improved(None, 0.5, higher_is_better=True)
+    assert _improved(0.8, 0.8, higher_is_better=True, strict=False) and not _improved(0.8, 0.8, higher_is_better=True)
 
 
 def test_multi_label_classification(tmp_path, model_dir):
@@ -118,7 +119,8 @@ def test_multi_label_classification(tmp_path, model_dir):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = validate_config({
         "model": model_dir, "method": "lora", "method_args": {"r": 4},
-        "data": {"train": str(path), "label_column": "tags", "multi_label": True},
+        "task_args": {"label_column": "tags", "multi_label": True},
+        "data": {"train": str(path)},
         "train": {"epochs": 3, "batch_size": 16, "lr": 1e-2, "max_length": 32},
         "output_dir": str(tmp_path / "run"),
     })

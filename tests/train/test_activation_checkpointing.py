@@ -8,7 +8,7 @@ from every_method_combos import COMBOS, METHOD_CONFIGS
 from tiny_models import FACTORIES, batch
 
 import leantune as lt
-from leantune.train.checkpointing import enable_activation_checkpointing, transformer_blocks
+from leantune.train.activation_checkpointing import enable_activation_checkpointing, transformer_blocks
 
 
 def _loss_and_grads(model, inputs):

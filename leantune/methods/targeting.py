@@ -1,0 +1,146 @@
+"""Which modules an adapter goes into (peft's matching, architecture defaults), and wrapping them in place.
+
+A list entry matches a module whose full name equals it or ends with ``"." + entry``; a string is a regular
+expression that must match the whole name (peft's rule, so a saved ``target_modules`` means the same in peft).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from torch import nn
+
+from leantune.errors import LeantuneError
+from leantune.methods.base import LINEAR_TYPES, AdapterLayer, MethodConfig, ModulesToSave
+from leantune.models.targets import arch_targets
+
+
+def target_matches(target: str | list[str] | tuple[str, ...], name: str) -> bool:
+    """peft's rule: a list entry matches ``name`` or a ``.name`` suffix; a string is a full-match regex."""
+    if isinstance(target, str):
+        return re.fullmatch(target, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target)
+
+
+def find_targets(
+    model: nn.Module,
+    target: str | list[str] | tuple[str, ...],
+    allowed: tuple[type, ...],
+    what: str,
+    exclude: list[str] | str | None = None,
+) -> list[str]:
+    """Full names of the modules matched by ``target``; an error that helps when none or the wrong kind match."""
+    skip = protected_prefixes(model)
+    names = []
+    for name, module in model.named_modules():
+        if not name or any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        if ".base_layer" in name or name.endswith("base_layer"):
+            continue
+        if exclude and target_matches(exclude, name):
+            continue
+        if target_matches(target, name):
+            if isinstance(module, AdapterLayer):
+                module = module.base_layer
+            if not isinstance(module, allowed):
+                kinds = ", ".join(t.__name__ for t in allowed)
+                raise LeantuneError(
+                    f"{what}: target '{name}' is a {type(module).__name__}; this method adapts {kinds} modules. "
+                    "Narrow target_modules so that it names only those."
+                )
+            names.append(name)
+    if not names:
+        examples = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, allowed)})
+        raise LeantuneError(
+            f"{what}: target_modules={target!r} matched no module of {type(model).__name__}. "
+            f"Module names that would fit: {examples[:20]}"
+        )
+    return names
+
+
+def resolve_linear_targets(
+    model: nn.Module,
+    target: list[str] | str | None,
+    exclude: list[str] | str | None,
+    what: str,
+    embeddings: bool = False,
+) -> list[str]:
+    """Full names of the layers to adapt: explicit names/regex, ``"all-linear"``, or the architecture default."""
+    if target is None:
+        defaults = arch_targets(model)
+        target = list(defaults.lora) if defaults is not None else "all-linear"
+    if target == "all-linear":
+        out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        skip = protected_prefixes(model)
+        names = []
+        for mname, module in model.named_modules():
+            base = module.base_layer if isinstance(module, AdapterLayer) else module
+            if (
+                isinstance(base, LINEAR_TYPES)
+                and base is not out_emb
+                and ".base_layer" not in mname
+                and not any(mname == p or mname.startswith(p + ".") for p in skip)
+                and not (exclude and target_matches(exclude, mname))
+            ):
+                names.append(mname)
+        if not names:
+            raise LeantuneError(f"{what}: 'all-linear' found no linear layer in {type(model).__name__}.")
+        return names
+    allowed = LINEAR_TYPES + ((nn.Embedding,) if embeddings else ())
+    return find_targets(model, target, allowed, what, exclude)
+
+
+def inject_layers(model: nn.Module, targets: list[str], layer_type: type | tuple[type, ...],
+                  make: Callable[[str, nn.Module], AdapterLayer], adapter: str, config: MethodConfig) -> None:
+    """Wrap each target in an adapter layer (``make``), unless it already is one, and add ``adapter`` to it."""
+    for tname in targets:
+        module = model.get_submodule(tname)
+        if not isinstance(module, layer_type):
+            if isinstance(module, AdapterLayer):
+                raise LeantuneError(f"'{tname}' already carries a {type(module).__name__}; one method per model.")
+            module = make(tname, module)
+            model.set_submodule(tname, module)
+        module.add(adapter, config)
+
+
+def protected_prefixes(model: nn.Module) -> list[str]:
+    """Modules never targeted by adapters: the copies held for modules_to_save."""
+    return [n for n, m in model.named_modules() if isinstance(m, ModulesToSave)]
+
+
+def portable_target_names(model: nn.Module, chosen: list[str], allowed: tuple[type, ...]) -> list[str]:
+    """The shortest target list that peft would resolve to exactly ``chosen`` (leaf names, else full names)."""
+    leaves = sorted({n.split(".")[-1] for n in chosen})
+    candidates = []
+    for name, module in model.named_modules():
+        base = module.base_layer if isinstance(module, AdapterLayer) else module
+        if name and ".base_layer" not in name and isinstance(base, allowed) and target_matches(leaves, name):
+            candidates.append(name)
+    if sorted(candidates) == sorted(chosen):
+        return leaves
+    return sorted(chosen)
+
+
+def wrap_modules_to_save(model: nn.Module, names: list[str], adapter: str) -> list[str]:
+    """Wrap each module named in ``names`` (peft's suffix rule) so adapter ``adapter`` trains a copy of it."""
+    found = []
+    for mname, module in list(model.named_modules()):
+        if not mname or not target_matches(names, mname) or ".original_module" in mname:
+            continue
+        if ".modules_to_save." in mname:
+            continue
+        if not isinstance(module, ModulesToSave):
+            if isinstance(module, AdapterLayer):
+                raise LeantuneError(f"'{mname}' is both an adapter target and in modules_to_save; choose one.")
+            wrapper = ModulesToSave(module)
+            model.set_submodule(mname, wrapper)
+            module = wrapper
+        module.add(adapter)
+        found.append(mname)
+    if names and not found:  # peft lists e.g. ["classifier", "score"] for any classifier: one match suffices
+        raise LeantuneError(
+            f"modules_to_save names {names}, which match no module of {type(model).__name__}. "
+            f"Top-level modules: {[n for n, _ in model.named_children()]}"
+        )
+    return list(dict.fromkeys(names))
