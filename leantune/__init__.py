@@ -15,6 +15,7 @@ from leantune.adapters import (
     unmerge_adapter,
 )
 from leantune.errors import AdapterMismatchError, LeantuneError
+from leantune.export import export_run
 from leantune.methods import (
     BitFitConfig,
     BottleneckConfig,
@@ -31,6 +32,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterMismatchError", "BitFitConfig", "BottleneckConfig", "FullConfig", "HeadOnlyConfig", "IA3Config",
     "LeantuneError", "LoraConfig", "PrefixTuningConfig", "PromptTuningConfig", "adapter_names", "add_adapter",
-    "attach", "delete_adapter", "disable_adapters", "load_adapter", "merge", "merge_adapter", "save_adapter",
-    "set_adapter", "trainable_parameters", "unmerge_adapter",
+    "attach", "delete_adapter", "disable_adapters", "export_run", "load_adapter", "merge", "merge_adapter",
+    "save_adapter", "set_adapter", "trainable_parameters", "unmerge_adapter",
 ]

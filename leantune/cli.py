@@ -153,6 +153,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(method=args.method, output_dir=args.output_dir, quiet=args.quiet)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a run's model or adapter for other tools: transformers (merged), vLLM, HF peft, plain LoRA."""
+    from leantune.export import export_run
+
+    print(export_run(args.run_dir, args.to, args.out, rank=args.rank, name=args.name, overwrite=args.overwrite))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leantune", description="Parameter-efficient fine-tuning of language models.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
@@ -197,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="write a run's model or adapter for transformers, vLLM or HF peft")
+    p.add_argument("run_dir", help="a finished run folder (or, for vllm/peft, an adapter folder)")
+    p.add_argument("--to", required=True, choices=["merged", "vllm", "peft", "lora"],
+                   help="merged: a plain transformers model folder; vllm: a LoRA folder vLLM loads; peft: the "
+                        "adapter for HF peft; lora: converted to plain LoRA of --rank")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
+    p.add_argument("--rank", type=int, help="--to lora: the rank of the converted LoRA")
+    p.add_argument("--name", help="--to vllm: the adapter's name in vLLM (default: the run folder's name)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="fine-tune MiniLM on the built-in sentiment sample (about 20 s on 2 idle CPU cores)")
     p.add_argument("--method", default="lora", choices=METHOD_NAMES)
