@@ -37,8 +37,12 @@ class CleanConfig(_Strict):
     lowercase: bool = False
     drop_empty: bool = True
     drop_duplicates: bool = True
+    cjk_spaces: bool = True
+    """Remove a space between two CJK characters (subtitle line breaks, pre-segmented Chinese); spaces next to
+    Latin text stay."""
     min_chars: int = Field(1, ge=0)
     max_chars: int | None = Field(None, gt=0)
+    """Length limits count characters (not whitespace words, which Chinese text does not have)."""
 
 
 class DataConfig(_Strict):

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from leantune.models.compat import cache_kwarg, output_cache
+from leantune.decoding import complete_text
+from leantune.models.compat import cache_kwarg, last_logits_only, output_cache
 
 
 def eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
@@ -53,7 +54,8 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], pad_id: int, stop_i
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     stop = torch.tensor(stop_ids, device=device)
     cache_kw = cache_kwarg(model)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **last_logits_only(model))  # not [batch, prompt, vocab] logits: 262k-token vocabularies exist
     past = output_cache(out)
     logits = out.logits[:, -1]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
@@ -115,7 +117,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_token
         else:
             ids = generate_ids(model, [encoded[i] for i in idx], tokenizer.pad_token_id, stop, max_new_tokens,
                                temperature, top_p, None if seed is None else seed + start)
-            texts = [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
+            texts = [complete_text(tokenizer, t) for t in ids]  # no half character at max_new_tokens
         for i, text in zip(idx, texts, strict=True):
             outputs[i] = text.strip()
     model.train(was_training)

@@ -203,3 +203,27 @@ def save_tiny_t5(folder, corpus: list[str]) -> str:
                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     T5ForConditionalGeneration(cfg).save_pretrained(folder)
     return str(folder)
+
+
+def gguf_writer(path, arch: str, config):
+    """A ``gguf.GGUFWriter`` for llama.cpp architecture ``arch`` holding the shape keys every such file has, taken
+    from a transformers ``config``; the caller adds the rest and :func:`close_gguf` writes it."""
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(path, arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(config.max_position_embeddings)
+    w.add_embedding_length(config.hidden_size)
+    w.add_block_count(config.num_hidden_layers)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.num_attention_heads)
+    w.add_head_count_kv(config.num_key_value_heads)
+    return w
+
+
+def close_gguf(w) -> None:
+    """Write the header, metadata and tensors of a GGUF writer and close its file."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -8,6 +8,8 @@ import unicodedata
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from leantune.data.language import join_cjk_spaces
+
 if TYPE_CHECKING:
     from leantune.config import CleanConfig
 
@@ -18,6 +20,8 @@ _SPACE = re.compile(r"\s+")
 def clean_text(text: str, cfg: CleanConfig) -> str:
     if cfg.strip_html:
         text = html.unescape(_TAG.sub(" ", text))
+    if cfg.cjk_spaces:  # before NFKC, which turns full-width punctuation (，！) into ASCII
+        text = join_cjk_spaces(text)[0]
     if cfg.nfkc:
         text = unicodedata.normalize("NFKC", text)
     if cfg.whitespace:

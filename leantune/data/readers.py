@@ -1,6 +1,8 @@
 """Read examples from CSV, TSV, JSONL, JSON, Parquet, ``LABEL TEXT`` lines, or HF datasets.
 
 Every record keeps where it came from (``_source``: ``file:line``) so later errors and skips can name it.
+TSV is read with quoting off, as TSV has no quoting (GLUE, ChnSentiCorp): a ``"`` inside a field is a character,
+never the start of a quoted field that would swallow the following lines. CSV keeps standard quoting.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def read_records(path: str, fmt: str = "auto", split: str = "train", label_colum
         raise LeantuneError(f"data file not found: {path}")
     try:
         if fmt in ("csv", "tsv"):
-            return list(_read_csv(p, "\t" if fmt == "tsv" else ",", bad))
+            return list(_read_csv(p, "\t", bad, csv.QUOTE_NONE) if fmt == "tsv" else _read_csv(p, ",", bad))
         if fmt == "jsonl":
             return list(_read_jsonl(p, bad))
         if fmt == "json":
@@ -83,8 +85,8 @@ def read_records(path: str, fmt: str = "auto", split: str = "train", label_colum
     raise LeantuneError(f"unknown data format '{fmt}'")
 
 
-def _read_csv(path: Path, delimiter: str, bad: BadRows) -> Iterator[Record]:
-    reader = csv.DictReader(_lines(path, bad), delimiter=delimiter)
+def _read_csv(path: Path, delimiter: str, bad: BadRows, quoting: int = csv.QUOTE_MINIMAL) -> Iterator[Record]:
+    reader = csv.DictReader(_lines(path, bad), delimiter=delimiter, quoting=quoting)
     try:
         header = reader.fieldnames
     except csv.Error as e:

@@ -1,9 +1,15 @@
 """Question-answering records: SQuAD v1.1 JSON flattened to one record per question, or any file format whose
-records hold ``context``, ``question`` and ``answers`` (for extractive and generative QA alike)."""
+records hold ``context``, ``question`` and ``answers`` (for extractive and generative QA alike).
+
+Published data has answers whose ``answer_start`` is off (CMRC 2018: 21 train answers a character or more away
+from their text, dev answers at -1): :func:`located_answer` finds the answer by its text, nearest to the offset
+given, and counts what it re-located or could not find.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +57,42 @@ def answers_of(rec: dict[str, Any]) -> list[str]:
     return [a["text"] if isinstance(a, dict) else str(a) for a in answers or []]
 
 
-def answer_start(rec: dict[str, Any]) -> int | None:
-    """Character offset of the first answer in the context (None when the record gives none)."""
+def _answer_starts(rec: dict[str, Any]) -> list[int | None]:
+    """The ``answer_start`` of every answer of a QA record, in the order of :func:`answers_of` (None: not given)."""
     answers = rec.get("answers", rec.get("answer"))
     if isinstance(answers, dict):
-        starts = answers.get("answer_start", [])
-        return int(starts[0]) if starts else None
-    if isinstance(answers, list) and answers and isinstance(answers[0], dict):
-        return int(answers[0].get("answer_start", -1))
-    return rec.get("answer_start")
+        return [int(s) for s in answers.get("answer_start", [])]
+    if isinstance(answers, list):
+        return [int(a["answer_start"]) if isinstance(a, dict) and a.get("answer_start") is not None else None
+                for a in answers]
+    return [rec.get("answer_start")]
+
+
+def locate_answer(context: str, text: str, start: int | None) -> int | None:
+    """Where answer ``text`` starts in ``context``: ``start`` when it points at the text, else the occurrence nearest
+    to ``start`` (to the beginning when none is given), None when the text is not there."""
+    if not text:
+        return None
+    if start is not None and start >= 0 and context[start:start + len(text)] == text:
+        return start
+    found = [i for i in range(len(context)) if context.startswith(text, i)]
+    return min(found, key=lambda i: abs(i - max(start or 0, 0))) if found else None
+
+
+def located_answer(rec: dict[str, Any], counts: Counter) -> tuple[str, int] | None:
+    """(text, start) of the first answer of a QA record whose text is in its context, at its ``answer_start`` or
+    re-located to the occurrence nearest to it; None when no answer is in the context. ``counts`` gets one count
+    per record whose answer was re-located, found by text alone, or not found."""
+    texts = answers_of(rec)
+    starts = _answer_starts(rec) + [None] * len(texts)
+    for text, start in zip(texts, starts, strict=False):
+        found = locate_answer(rec["context"], text, start)
+        if found is None:
+            continue
+        if start is None:
+            counts["answer found by its text (no answer_start)"] += 1
+        elif found != start:
+            counts["answer_start re-located to the answer text"] += 1
+        return text, found
+    counts["no answer" if not any(texts) else "answer text not in the context"] += 1
+    return None

@@ -63,9 +63,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
+CHUNK_BYTES = 128 * 2**20  # one chunk's fp32 logits: 512 rows of a 49k vocabulary, 128 rows of Gemma's 262k
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk: at most 512, fewer for large vocabularies so one chunk's logits stay within CHUNK_BYTES."""
+    return max(16, min(512, CHUNK_BYTES // (4 * vocab_size)))
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         bias: torch.Tensor | None = None, chunk_size: int = 512) -> torch.Tensor:
-    """Summed cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets``; hidden is (N, H), targets (N,)."""
+                         bias: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets``; hidden is (N, H), targets (N,).
+    ``chunk_size``: rows per chunk (default :func:`chunk_rows` of the vocabulary)."""
+    chunk_size = chunk_size or chunk_rows(weight.shape[0])
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0
     if not torch.is_grad_enabled():
@@ -85,14 +95,18 @@ class _NoCtx:
 
 # Model types whose LM head is a plain linear layer applied to the final hidden states (no soft-capping, no
 # logit scale, so not granite, which divides the logits by logits_scaling): the head can be taken out of the
-# forward pass and fused with the loss.
-PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "olmo", "olmo2", "smollm3", "phi3"}
+# forward pass and fused with the loss. Gemma 2 and 3 are, unless their config sets final_logit_softcapping (Gemma 2
+# does; Gemma 3 270M does not).
+PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "olmo", "olmo2", "smollm3", "phi3", "gemma",
+                          "gemma2", "gemma3_text"}
 
 
 def fusable_head(model: nn.Module) -> nn.Linear | None:
     """The model's LM head when leantune can fuse it with the loss, else None."""
     if getattr(model.config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
         return None
+    if getattr(model.config, "final_logit_softcapping", None) is not None:
+        return None  # cap * tanh(logits / cap) is not a linear head: the model's own forward applies it
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return head if type(head) is nn.Linear else None
 

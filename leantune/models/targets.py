@@ -59,7 +59,7 @@ T5 = ArchTargets(
 )
 
 _BY_MODEL_TYPE: dict[str, ArchTargets] = {
-    **{t: LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2", "granite", "smollm3")},
+    **{t: LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2", "granite", "smollm3")},
     "gpt2": GPT2,
     **{t: BERT_LIKE for t in ("bert", "roberta", "xlm-roberta", "electra", "camembert", "mpnet")},
     "distilbert": DISTILBERT,

@@ -3,7 +3,10 @@
 A start/end head (``qa_outputs``) on an encoder. Long contexts are split into windows of ``max_length`` tokens
 overlapping by ``doc_stride``; a window that does not contain the answer is trained to point at [CLS]. At
 prediction time the best span over all windows (start <= end, at most ``max_answer_length`` tokens, inside the
-context) is mapped back to the original text through the tokenizer's offsets. Metrics: SQuAD EM and F1.
+context) is mapped back to the original text through the tokenizer's offsets. Metrics: exact match and F1, over
+SQuAD's words, or over characters as CMRC 2018 scores Chinese (``task_args.language``, or detected from the answers).
+A training answer whose ``answer_start`` is off is re-located to its text; one whose text is not in the context is
+dropped (both counted in the data report).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pydantic import Field
 from torch import nn
 
 from leantune.data.bad_rows import BadRows
-from leantune.data.squad import answer_start, answers_of, read_qa_records
+from leantune.data.language import Language
+from leantune.data.squad import answers_of, located_answer, read_qa_records
 from leantune.errors import LeantuneError
 from leantune.tasks.base import MODEL_INPUTS, Task, TaskArgs
 from leantune.tasks.qa_metrics import qa_scores
@@ -33,6 +37,9 @@ class ExtractiveQAArgs(TaskArgs):
     """Overlap between the windows of a long context, in tokens (default: a third of max_length)."""
     max_answer_length: int = Field(30, gt=0)
     """The longest answer span predicted, in tokens."""
+    language: Language | None = None
+    """The language of the answers where it changes scoring (zh, Chinese, en ...): exact match and F1 over
+    characters for Chinese and other text without spaces (CMRC 2018), else over words (SQuAD). None: detected."""
 
 
 def make_windows(tokenizer: Any, questions: list[str], contexts: list[str], max_length: int,
@@ -75,7 +82,7 @@ def best_span(start_logits: list[torch.Tensor], end_logits: list[torch.Tensor], 
 
 
 class ExtractiveQATask(Task):
-    """Point at the answer span in the context; scored by SQuAD exact match and F1."""
+    """Point at the answer span in the context; scored by exact match and F1 (SQuAD words or CMRC characters)."""
 
     name = "extractive_qa"
     Args = ExtractiveQAArgs
@@ -116,29 +123,31 @@ class ExtractiveQATask(Task):
     def featurize(self, records: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         """Windows of every record; training windows carry start/end targets, eval windows their offsets."""
         max_length = self.cfg.train.max_length
+        spans: list[tuple[str, int]] = []
+        if train:  # the answer of every question, re-located where answer_start is off; none in the context: dropped
+            positions: Counter = Counter()
+            located = [(r, located_answer(r, positions)) for r in records]
+            records = [r for r, span in located if span is not None]
+            spans = [span for _, span in located if span is not None]
+            if positions:
+                self.report.setdefault("answer_positions", {}).update(positions)
+            if not records:
+                raise LeantuneError("no training question has its answer in the context (see answer_positions: "
+                                    f"{dict(positions)})")
         enc = make_windows(self.tokenizer, [r["question"] for r in records], [r["context"] for r in records],
                            max_length, self.args.doc_stride or max_length // 3)
-        features, skipped = [], Counter()
+        features = []
         for i in range(len(enc["input_ids"])):
             rec_idx = enc["overflow_to_sample_mapping"][i]
             f = {k: enc[k][i] for k in MODEL_INPUTS if k in enc}
             f["example"] = rec_idx
-            if not train:
-                f["offsets"] = enc["offset_mapping"][i]
-                features.append(f)
-                continue
-            rec = records[rec_idx]
-            answers, start = answers_of(rec), answer_start(rec)
-            if not answers or start is None or start < 0:
-                skipped["no answer position"] += 1
-            elif rec["context"][start:start + len(answers[0])] != answers[0]:
-                skipped["answer_start does not point at the answer"] += 1
+            if train:
+                text, start = spans[rec_idx]
+                f["start_positions"], f["end_positions"] = span_targets(enc["offset_mapping"][i], start,
+                                                                        start + len(text))
             else:
-                f["start_positions"], f["end_positions"] = span_targets(
-                    enc["offset_mapping"][i], start, start + len(answers[0]))
-                features.append(f)
-        if skipped:
-            self.report.setdefault("skipped_windows", {}).update(skipped)
+                f["offsets"] = enc["offset_mapping"][i]
+            features.append(f)
         return features
 
     def prepare(self) -> tuple[list[dict], list[dict]]:
@@ -208,7 +217,7 @@ class ExtractiveQATask(Task):
         refs = [answers_of(r) or [""] for r in records]
         self.last_predictions = [{"id": r.get("id"), "question": r["question"], "reference": ref, "prediction": p}
                                  for r, ref, p in zip(records, refs, predictions, strict=True)]
-        return qa_scores(predictions, refs)
+        return qa_scores(predictions, refs, self.args.language)
 
     def read_file(self, path: str, fmt: str = "auto", labelled: bool = True,
                   target: str | None = None) -> tuple[list[dict], list[dict]]:

@@ -35,7 +35,12 @@ from torch import nn
 from leantune.data.bad_rows import BadRows
 from leantune.errors import LeantuneError
 from leantune.generate import generate
-from leantune.kernels.linear_cross_entropy import fusable_head, hidden_states_as_logits, linear_cross_entropy
+from leantune.kernels.linear_cross_entropy import (
+    chunk_rows,
+    fusable_head,
+    hidden_states_as_logits,
+    linear_cross_entropy,
+)
 from leantune.tasks.base import Task, TaskArgs
 
 if TYPE_CHECKING:
@@ -84,6 +89,12 @@ def plain_prompt(messages: list[dict[str, str]]) -> str:
     return "".join(parts) + "### Response:\n"
 
 
+def starts_with_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` puts its BOS token before a text by itself (Gemma's and Llama's do, GPT-2's not)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
 class GenerativeTask(Task):
     """Base of the generative tasks; subclasses turn records into :class:`Example` and score predictions."""
 
@@ -96,6 +107,9 @@ class GenerativeTask(Task):
                          and getattr(tokenizer, "chat_template", None) is not None)
         if self.args.template == "chat" and not self.use_chat:
             raise LeantuneError(f"task_args.template is 'chat' but the tokenizer of {cfg.model} has no chat template.")
+        # The plain template starts with the BOS token where the tokenizer puts one before a text (Gemma: without
+        # it the model degenerates); chat templates write their own.
+        self.bos = tokenizer.bos_token if not self.seq2seq and starts_with_bos(tokenizer) else ""
         self.bad = BadRows(cfg.data.on_bad_rows)
         self.eval_examples: list[Example] = []
 
@@ -111,7 +125,7 @@ class GenerativeTask(Task):
         file format or record style, default ``data.format``)."""
 
     @abstractmethod
-    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float | str]:
         """Metrics of generated ``predictions`` against the examples' references."""
 
     def eval_files(self) -> tuple[str, str | None] | None:
@@ -130,7 +144,7 @@ class GenerativeTask(Task):
             return "\n\n".join(m["content"] for m in messages if m["role"] != "system")
         if self.use_chat:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return plain_prompt(messages)
+        return self.bos + plain_prompt(messages)
 
     def _with_system(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         if self.args.system_prompt and not any(m["role"] == "system" for m in messages):
@@ -268,10 +282,10 @@ class GenerativeTask(Task):
         labels = batch["labels"]
         return int((labels != -100).sum()) if self.seq2seq else int((labels[:, 1:] != -100).sum())
 
-    def fused_head_bytes(self, model: nn.Module, tokens: int, chunk_size: int = 512) -> int:
+    def fused_head_bytes(self, model: nn.Module, tokens: int) -> int:
         """Transient of the fused head: one chunk's fp32 logits (0 when the head is not fused)."""
         head = None if self.seq2seq else fusable_head(model)
-        return 0 if head is None else min(tokens, chunk_size) * head.weight.shape[0] * 4
+        return 0 if head is None else min(tokens, chunk_rows(head.weight.shape[0])) * head.weight.shape[0] * 4
 
     # ---------------------------------------------------------------- evaluation, generation
     def eval_loss(self, model: nn.Module, features: list[dict], device: torch.device) -> float:

@@ -4,16 +4,21 @@ Record styles (``data.format``, or detected from the keys):
 - ``alpaca``: ``instruction``, optional ``input``, ``output`` (Alpaca's seed tasks with ``instances`` too);
 - ``chat``: ``messages`` with ``role``/``content`` (OpenAI style); every assistant turn is trained;
 - ``prompt_completion``: ``prompt``, ``completion``;
-- ``squad``: SQuAD v1.1 JSON or JSONL (``context``, ``question``, ``answers``) answered in words (generative QA).
-Metrics: exact match and token F1 (SQuAD normalisation) of generated answers, and the eval loss.
+- ``squad``: SQuAD v1.1 JSON or JSONL (``context``, ``question``, ``answers``) answered in words (generative QA);
+  the model is trained on the first answer whose text is in the context (CMRC 2018 has references that are not).
+Metrics: exact match and F1 of generated answers against every reference, over SQuAD's normalised words or, for
+Chinese and other text without spaces, over characters as CMRC 2018 scores them (``task_args.language``, or detected
+from the references; the scorer is recorded as ``qa_scorer``), and the eval loss.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from leantune.data.squad import answers_of, read_qa_records
+from leantune.data.language import Language
+from leantune.data.squad import answers_of, located_answer, read_qa_records
 from leantune.errors import LeantuneError
 from leantune.tasks.generative import Example, GenerationArgs, GenerativeTask
 from leantune.tasks.qa_metrics import qa_scores
@@ -40,9 +45,13 @@ def detect_style(record: dict[str, Any]) -> str:
 class InstructionArgs(GenerationArgs):
     """``task_args`` of ``task: instruction`` (the record style is ``data.format``)."""
 
+    language: Language | None = None
+    """The language of the answers where it changes scoring (zh, Chinese, en ...): exact match and F1 over
+    characters for Chinese and other text without spaces (CMRC 2018), else over words (SQuAD). None: detected."""
+
 
 class InstructionTask(GenerativeTask):
-    """Answer instructions, chats and questions in words; scored by exact match and token F1, and the eval loss."""
+    """Answer instructions, chats and questions in words; scored by exact match and F1, and the eval loss."""
 
     name = "instruction"
     Args = InstructionArgs
@@ -59,9 +68,10 @@ class InstructionTask(GenerativeTask):
         style = fmt if fmt in STYLES else detect_style(records[0])
         examples: list[Example] = []
         dropped: Counter = Counter()
+        notes: Counter = Counter()
         for rec in records:
             try:
-                converted = self._to_examples(rec, style, need_target)
+                converted = self._to_examples(rec, style, need_target, notes)
             except LeantuneError as e:
                 self.bad.handle(e, rec.get("_source", path), str(e).split(": ", 1)[-1])
                 continue
@@ -71,9 +81,13 @@ class InstructionTask(GenerativeTask):
                     continue
                 examples.append(ex)
         self.report_dropped(path, dropped)
+        if notes:
+            self.report.setdefault("answer_positions", {}).update(
+                {f"{Path(path).name}: {k}": v for k, v in notes.items()})
         return examples
 
-    def _to_examples(self, rec: dict[str, Any], style: str, need_target: bool = True) -> list[Example]:
+    def _to_examples(self, rec: dict[str, Any], style: str, need_target: bool, notes: Counter) -> list[Example]:
+        """The examples of one record (``notes`` counts what the data report should say about it)."""
         src = rec.get("_source", "")
 
         def need(key: str) -> Any:
@@ -108,11 +122,15 @@ class InstructionTask(GenerativeTask):
             clean = [{"role": m["role"], "content": str(m["content"])} for m in messages]
             return [Example(clean[:-1], clean[-1]["content"], [clean[-1]["content"]], src)]
         if style == "squad":
-            answers = answers_of(rec)
-            prompt = QA_PROMPT.format(context=need("context"), question=need("question"))
+            context, answers = str(need("context")), answers_of(rec)
+            prompt = QA_PROMPT.format(context=context, question=need("question"))
             meta = {"id": rec.get("id")} if rec.get("id") is not None else {}
-            return [Example([{"role": "user", "content": prompt}], answers[0] if answers else "", answers, src, meta)]
+            located = located_answer({**rec, "context": context}, Counter())
+            if answers and located is None:
+                notes["answer text not in the context (trained as given)"] += 1
+            response = located[0] if located else answers[0] if answers else ""
+            return [Example([{"role": "user", "content": prompt}], response, answers, src, meta)]
         raise LeantuneError(f"unknown instruction data format '{style}'")
 
-    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        return qa_scores(predictions, [e.references or [e.response] for e in examples])
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float | str]:
+        return qa_scores(predictions, [e.references or [e.response] for e in examples], self.args.language)

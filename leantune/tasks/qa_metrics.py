@@ -1,10 +1,14 @@
-"""SQuAD-style answer normalisation, exact match and token F1 (for extractive and generative QA)."""
+"""SQuAD-style answer normalisation, exact match and token F1 (for extractive and generative QA); Chinese is scored
+at the character level instead (``qa_metrics_zh``)."""
 
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter
+
+from leantune.data.language import detect_language, is_spaceless
+from leantune.tasks.qa_metrics_zh import cmrc_exact_match, cmrc_f1
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -34,11 +38,17 @@ def token_f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def qa_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    """Mean EM and F1 in percent, each prediction scored against its best-matching reference."""
+def qa_scores(predictions: list[str], references: list[list[str]],
+              language: str | None = None) -> dict[str, float | str]:
+    """Mean EM and F1 in percent, each prediction scored against its best-matching reference, and the scorer used
+    (``qa_scorer``): ``cmrc_char``, CMRC 2018's character level, for text without spaces (``language`` such as zh,
+    or detected from the references), else ``squad_word``, SQuAD's normalised words."""
+    spaceless = is_spaceless(language or detect_language(t for refs in references for t in refs))
+    em_of, f1_of = (cmrc_exact_match, cmrc_f1) if spaceless else (exact_match, token_f1)
+    scorer = "cmrc_char" if spaceless else "squad_word"
     if not predictions:
-        return {"exact_match": 0.0, "f1": 0.0}
-    em = sum(max(exact_match(p, t) for t in refs) for p, refs in zip(predictions, references, strict=True))
-    f1 = sum(max(token_f1(p, t) for t in refs) for p, refs in zip(predictions, references, strict=True))
+        return {"exact_match": 0.0, "f1": 0.0, "qa_scorer": scorer}
+    em = sum(max(em_of(p, t) for t in refs) for p, refs in zip(predictions, references, strict=True))
+    f1 = sum(max(f1_of(p, t) for t in refs) for p, refs in zip(predictions, references, strict=True))
     n = len(predictions)
-    return {"exact_match": 100 * em / n, "f1": 100 * f1 / n}
+    return {"exact_match": 100 * em / n, "f1": 100 * f1 / n, "qa_scorer": scorer}

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import close_gguf, gguf_writer
 
 from leantune.errors import LeantuneError
 from leantune.models import gguf
@@ -92,17 +93,10 @@ def _llama_cpp_rope_permute(weight: torch.Tensor, heads: int) -> np.ndarray:
 
 def write_llama_gguf(model, path: Path) -> None:
     """``model`` as llama.cpp would write it, in F32 (so the round trip is exact), with a tiny BPE tokenizer."""
-    from gguf import GGUFWriter, TokenType
+    from gguf import TokenType
 
     c = model.config
-    w = GGUFWriter(path, "llama")
-    w.add_name("tiny-llama")
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
+    w = gguf_writer(path, "llama", c)
     w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
@@ -126,10 +120,7 @@ def write_llama_gguf(model, path: Path) -> None:
             else:
                 data = weight.numpy()
             w.add_tensor(f"blk.{i}.{gguf_name}.weight", data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    close_gguf(w)
 
 
 def test_a_gguf_package_model_is_converted_through_the_real_path(tmp_path, monkeypatch):

@@ -132,7 +132,29 @@ def test_squad_as_generative_qa(folders, tmp_path):
     task = _task(folders["chat"], format="squad")
     (ex,) = task.read_examples(str(tmp_path / "s.json"), None, "train")
     assert ex.response == "blue" and "Context: The sky is blue." in ex.messages[0]["content"]
-    assert task.score(["Blue."], [ex]) == {"exact_match": 100.0, "f1": 100.0}
+    assert task.score(["Blue."], [ex]) == {"exact_match": 100.0, "f1": 100.0, "qa_scorer": "squad_word"}
+
+
+def test_generative_qa_trains_on_an_answer_in_the_context_and_scores_chinese_by_character(folders, tmp_path):
+    # CMRC 2018 dev: some references have answer_start -1 and a text not in the context
+    squad = {"data": [{"title": "T", "paragraphs": [{"context": "丁玲原名蒋伟，笔名莎菲。", "qas": [
+        {"id": "a", "question": "原名?", "answers": [{"text": "蒋卫", "answer_start": -1},
+                                                    {"text": "蒋伟", "answer_start": 4}]},
+        {"id": "b", "question": "笔名?", "answers": [{"text": "莎菲女士", "answer_start": -1}]}]}]}]}
+    (tmp_path / "zh.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+    task = _task(folders["chat"], format="squad")
+    first, second = task.read_examples(str(tmp_path / "zh.json"), None, "train")
+    assert first.response == "蒋伟" and first.references == ["蒋卫", "蒋伟"]  # the first answer in the context
+    assert second.response == "莎菲女士"  # none in the context: trained as given, and counted
+    assert task.report["answer_positions"] == {"zh.json: answer text not in the context (trained as given)": 1}
+    # character level (CMRC 2018): 莎菲 against 莎菲女士 -> P 2/2, R 2/4 -> F1 2/3; detected from the references
+    scores = task.score(["蒋伟", "莎菲"], [first, second])
+    assert scores == pytest.approx({"exact_match": 50.0, "f1": 100 * (1 + 2 / 3) / 2, "qa_scorer": "cmrc_char"})
+    assert _task(folders["chat"], task_args={"language": "en"}).score(["莎菲"], [second])["qa_scorer"] == "squad_word"
+    assert _task(folders["chat"], task_args={"language": "中文"}).score(["a"], [Example([], "a")])["qa_scorer"] == \
+        "cmrc_char"
+    with pytest.raises(LeantuneError, match="task_args.language.*unknown language 'chinse'"):
+        _task(folders["chat"], task_args={"language": "chinse"})
 
 
 def test_translation_readers(folders, tmp_path):

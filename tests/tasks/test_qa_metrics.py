@@ -23,12 +23,14 @@ def test_exact_match_and_f1_by_hand():
 
 def test_translation_metrics():
     from leantune.tasks.generative import Example
-    from leantune.tasks.translation import TranslationTask
+    from leantune.tasks.translation import TranslationArgs, TranslationTask
 
     task = TranslationTask.__new__(TranslationTask)
+    task.args = TranslationArgs(source_lang="English", target_lang="German")
     refs = ["das rote haus ist sehr gross", "der blaue hund schlaeft im garten"]
     ex = [Example([], r) for r in refs]
     perfect = task.score(refs, ex)
     assert perfect["bleu"] == pytest.approx(100.0) and perfect["chrf"] == pytest.approx(100.0)
+    assert perfect["bleu_tokenizer"] == "13a"
     worse = task.score(["das haus ist sehr klein", "ein hund schlaeft im haus"], ex)
     assert worse["chrf"] < perfect["chrf"] and worse["bleu"] < perfect["bleu"]
