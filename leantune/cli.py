@@ -72,6 +72,33 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     print(f"run folder: {result.run_dir}  (adapter/, metrics.json, train_log.jsonl, loss.png)")
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train the config's task with several methods and write a comparison report."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from leantune.compare import run_compare
+    from leantune.compare.report import headers, table_rows
+
+    comparison = run_compare(args.config, args.methods, args.set, args.out, quiet=args.quiet)
+    results, metric = comparison.results, comparison.metric
+    cols = {k: v for k, v in headers(metric, any(r.gap_to_full is not None for r in results)).items()
+            if k != "error"}
+    table = Table(title=f"leantune compare ({metric}: {'higher' if comparison.higher_is_better else 'lower'} "
+                        "is better)")
+    for key, heading in cols.items():
+        table.add_column(heading, justify="left" if key in ("method", "status") else "right")
+    for row in table_rows(results, metric):
+        table.add_row(*(row[k] for k in cols))
+    Console().print(table)
+    for r in results:
+        if r.error:
+            print(f"{r.method} failed: {r.error}")
+    print(f"report: {comparison.out_dir / 'report.html'} (and report.md, results.csv; runs in "
+          f"{comparison.out_dir / 'runs'})")
+    return 1 if all(r.status == "failed" for r in results) else 0
+
+
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
     """Run ``leantune ARGV`` under ``torchrun --standalone --nproc_per_node nproc``; return its exit code."""
     import subprocess
@@ -175,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "ddp or fsdp)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train a config's task with several methods; report quality vs cost")
+    p.add_argument("config")
+    p.add_argument("--methods", default="lora,dora,ia3,bottleneck,bitfit,head,full",
+                   help=f"comma-separated, from: {','.join(METHOD_NAMES)} (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. train.max_steps=200 or compare.lr.lora=2e-3")
+    p.add_argument("--out", help="the comparison's folder (default: the config's output_dir + '-compare')")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("estimate", help="parameters and predicted peak memory of a config, before training")
     p.add_argument("config")

@@ -123,6 +123,45 @@ class DistributedConfig(_Strict):
     """auto: NCCL on CUDA, gloo on CPU."""
 
 
+class CompareConfig(_Strict):
+    """Settings of ``leantune compare`` (``leantune train`` ignores them): per-method learning rates and settings."""
+
+    lr: dict[str, float] = {}
+    """Learning rate per method name, e.g. {head: 1.0e-2, full: 5.0e-5} (else the config's train.lr for its own
+    method, else a per-method default)."""
+    method_args: dict[str, dict[str, Any]] = {}
+    """method_args per method name, e.g. {lora: {r: 8}} (else the config's own method_args for its method)."""
+
+    @field_validator("lr", "method_args")
+    @classmethod
+    def _method_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = [name for name in value if name not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown method {', '.join(map(repr, unknown))}; methods: {', '.join(METHOD_NAMES)}")
+        return value
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, lr in value.items() if not lr > 0]
+        if bad:
+            raise ValueError(f"learning rates must be > 0 (not for {', '.join(bad)})")
+        return value
+
+    @field_validator("method_args")
+    @classmethod
+    def _valid_args(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, args in value.items():
+            try:
+                method_config(name, args)
+            except ValidationError as e:
+                problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                raise ValueError(f"method_args of {name}: {problems}") from None
+            except LeantuneError as e:
+                raise ValueError(f"method_args of {name}: {e}") from None
+        return value
+
+
 class RunConfig(_Strict):
     """A whole fine-tuning run."""
 
@@ -149,6 +188,8 @@ class RunConfig(_Strict):
     """Let a model folder / hub repo run its own Python code (off: only transformers' own architectures)."""
     allow_pickle_weights: bool = False
     """Read model weights from pickle (.bin) files when a model has no safetensors (pickle can run code)."""
+    compare: CompareConfig | None = None
+    """``leantune compare``'s per-method settings (not used by a single run)."""
 
     @field_validator("task_args", mode="before")
     @classmethod
@@ -254,6 +295,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply ``key.sub=value`` overrides, validate. Relative data paths are kept as given."""
+    return validate_config(read_raw_config(path, overrides), str(path))
+
+
+def read_raw_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML run config as a plain mapping with ``key.sub=value`` overrides applied (not validated yet)."""
     path = Path(path)
     if not path.is_file():
         raise LeantuneError(f"config file not found: {path}")
@@ -273,7 +319,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
             if not isinstance(node, dict):
                 raise LeantuneError(f"--set {item}: '{k}' is not a section.")
         node[keys[-1]] = value
-    return validate_config(raw, str(path))
+    return raw
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
@@ -286,4 +332,5 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    dumped = cfg.model_dump(mode="json", exclude={"compare"} if cfg.compare is None else None)
+    path.write_text(yaml.safe_dump(dumped, sort_keys=False))

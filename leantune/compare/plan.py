@@ -1,0 +1,124 @@
+"""What ``leantune compare`` trains: one run config per method (same task, data, seed, steps and batch size; the
+method's own learning rate and settings), and what each method's run folder already holds."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from leantune.config import RunConfig, validate_config
+from leantune.errors import LeantuneError
+from leantune.methods.registry import METHOD_NAMES, REGISTRY, method_spec
+from leantune.train.checkpoints import candidates
+from leantune.train.resume import RESUMABLE_CHANGES, changed_keys
+
+DEFAULT_LR: dict[str, float] = {
+    "head": 1e-2, "lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "prompt": 3e-2, "prefix": 3e-2, "bottleneck": 1e-3,
+    "bitfit": 2e-3, "full": 5e-5,
+}
+"""Learning rates that worked on SST-2 / MiniLM (benchmarks/classification.py) for each method."""
+
+HARMLESS_CHANGES = {"train.num_threads", "train.log_every", "train.save_every", "train.keep_last",
+                    "train.max_nonfinite_steps", "train.spike_factor"}
+"""Config changes that leave a finished run's result as it is (it is not trained again)."""
+
+ERROR_FILE = "error.txt"
+"""Written into a method's run folder when its run failed: the error line, then the end of its log."""
+
+RunState = Literal["finished", "interrupted", "stale", "new"]
+
+
+@dataclass
+class MethodPlan:
+    """One method of a comparison: its run config (None when the config itself is invalid for the method)."""
+
+    method: str
+    run_dir: Path
+    cfg: RunConfig | None
+    lr: float | None
+    error: str | None = None
+
+
+def parse_methods(text: str) -> list[str]:
+    """The comma-separated method names of ``--methods``, checked against the method registry."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise LeantuneError(f"--methods: give method names separated by commas, from: {', '.join(METHOD_NAMES)}")
+    for name in names:
+        method_spec(name)
+    duplicates = sorted({m for m in names if names.count(m) > 1})
+    if duplicates:
+        raise LeantuneError(f"--methods names {', '.join(duplicates)} more than once")
+    return names
+
+
+def plan_methods(raw: dict[str, Any], methods: list[str], out_dir: Path, source: str) -> list[MethodPlan]:
+    """A run config per method from the raw config ``raw`` (its ``compare:`` section validated first); a method the
+    config cannot take (e.g. prompt tuning with packing) gets its error instead of a config."""
+    compare = validate_config(raw, source).compare
+    lrs = compare.lr if compare else {}
+    args = compare.method_args if compare else {}
+    plans = []
+    for method in methods:
+        run_dir = out_dir / "runs" / method
+        lr = lrs.get(method) or _own_lr(raw, method) or DEFAULT_LR.get(method) or _train(raw).get("lr")
+        method_raw = copy.deepcopy({k: v for k, v in raw.items() if k != "compare"})
+        method_raw.update(method=method, method_args=args.get(method, _own_method_args(raw, method)),
+                          output_dir=str(run_dir))
+        method_raw["train"] = {**_train(raw), "lr": lr}
+        try:
+            plans.append(MethodPlan(method, run_dir, validate_config(method_raw, f"{source} (method {method})"), lr))
+        except LeantuneError as e:
+            plans.append(MethodPlan(method, run_dir, None, lr, error=str(e)))
+    return plans
+
+
+def _train(raw: dict[str, Any]) -> dict[str, Any]:
+    train = raw.get("train") or {}
+    return train if isinstance(train, dict) else {}
+
+
+def _own_lr(raw: dict[str, Any], method: str) -> float | None:
+    """The config's train.lr when the config is written for ``method``."""
+    return _train(raw).get("lr") if raw.get("method", "lora") == method else None
+
+
+def _own_method_args(raw: dict[str, Any], method: str) -> dict[str, Any]:
+    """The config's method_args for ``method`` when the config's method shares its settings (lora and dora), less
+    the fields that the config's method name fixes."""
+    own = raw.get("method", "lora")
+    if own not in REGISTRY or REGISTRY[own].config_cls is not REGISTRY[method].config_cls:
+        return {}
+    fixed = set(REGISTRY[own].preset) | set(REGISTRY[method].preset)
+    return {k: v for k, v in (raw.get("method_args") or {}).items() if k not in fixed}
+
+
+def run_state(plan: MethodPlan) -> RunState:
+    """What the method's run folder holds for its config: a finished run of it (nothing to do), an interrupted or
+    shorter one with a checkpoint to resume from, something else to replace, or nothing."""
+    run_dir, cfg = plan.run_dir, plan.cfg
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return "new"
+    saved = _saved_config(run_dir)
+    if saved is None or cfg is None:
+        return "stale"
+    changed = set(changed_keys(saved, cfg.model_dump()))
+    finished = (run_dir / "metrics.json").is_file() and (run_dir / "adapter").is_dir() \
+        and not (run_dir / ERROR_FILE).exists()
+    if finished and changed <= HARMLESS_CHANGES:
+        return "finished"
+    if candidates(run_dir) and changed <= RESUMABLE_CHANGES:
+        return "interrupted"
+    return "stale"
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "config.yaml"
+    try:
+        return validate_config(yaml.safe_load(path.read_text()), str(path)).model_dump()
+    except (OSError, yaml.YAMLError, LeantuneError, AttributeError, TypeError):
+        return None
