@@ -14,6 +14,7 @@ from leantune.adapters import (
     trainable_parameters,
     unmerge_adapter,
 )
+from leantune.convert import ConversionReport, to_lora
 from leantune.errors import AdapterMismatchError, LeantuneError
 from leantune.export import export_run
 from leantune.methods import (
@@ -22,9 +23,12 @@ from leantune.methods import (
     FullConfig,
     HeadOnlyConfig,
     IA3Config,
+    LoKrConfig,
     LoraConfig,
+    OFTConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
+    VeraConfig,
 )
 
 __version__ = "0.1.0"
@@ -34,4 +38,5 @@ __all__ = [
     "LeantuneError", "LoraConfig", "PrefixTuningConfig", "PromptTuningConfig", "adapter_names", "add_adapter",
     "attach", "delete_adapter", "disable_adapters", "export_run", "load_adapter", "merge", "merge_adapter",
     "save_adapter", "set_adapter", "trainable_parameters", "unmerge_adapter",
+    "LoKrConfig", "OFTConfig", "VeraConfig", "ConversionReport", "to_lora",
 ]

@@ -208,8 +208,8 @@ class RunConfig(_Strict):
         """Validate ``method_args`` with the config class of the method the config names."""
         if "method" not in info.data:
             return MethodConfig()  # the method itself is wrong: that error is enough
-        if isinstance(value, BaseModel):
-            value = value.model_dump()
+        if isinstance(value, BaseModel):  # only what was set: the method's own defaults stand (full's heads: [])
+            value = value.model_dump(exclude_unset=True)
         if value is not None and not isinstance(value, dict):
             raise ValueError("method_args must be a mapping of the method's settings, e.g. {r: 8}")
         return method_config(info.data["method"], value)

@@ -12,12 +12,15 @@ METHOD_CONFIGS = {
     "bitfit": lambda: lt.BitFitConfig(),
     "head": lambda: lt.HeadOnlyConfig(),
     "full": lambda: lt.FullConfig(),
+    "lokr": lambda: lt.LoKrConfig(r=2, alpha=4),
+    "oft": lambda: lt.OFTConfig(oft_block_size=8),
+    "vera": lambda: lt.VeraConfig(r=16),
 }
 SUPPORTED = {
-    "llama": ["lora", "dora", "ia3", "prompt", "prefix", "bottleneck", "full"],
+    "llama": ["lora", "dora", "ia3", "prompt", "prefix", "bottleneck", "full", "lokr", "oft", "vera"],
     "llama_cls": ["lora", "head"],
-    "gpt2": ["lora", "dora", "ia3", "prompt", "prefix", "bottleneck", "bitfit", "full"],
-    "bert": ["lora", "dora", "ia3", "prompt", "bottleneck", "bitfit", "head", "full"],
-    "t5": ["lora", "dora", "ia3", "prompt", "bottleneck", "full"],
+    "gpt2": ["lora", "dora", "ia3", "prompt", "prefix", "bottleneck", "bitfit", "full", "lokr", "oft", "vera"],
+    "bert": ["lora", "dora", "ia3", "prompt", "bottleneck", "bitfit", "head", "full", "lokr", "oft", "vera"],
+    "t5": ["lora", "dora", "ia3", "prompt", "bottleneck", "full", "lokr", "oft", "vera"],
 }
 COMBOS = [(arch, m) for arch, methods in SUPPORTED.items() for m in methods]

@@ -126,8 +126,8 @@ def test_bad_adapter_folders(tmp_path):
     (bad / "adapter_config.json").write_text("{not json")
     with pytest.raises(lt.LeantuneError, match="invalid JSON at line 1"):
         lt.load_adapter(llama(), bad)
-    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "VERA"}))
-    with pytest.raises(lt.LeantuneError, match="VERA.*not supported"):
+    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA"}))
+    with pytest.raises(lt.LeantuneError, match="LOHA.*not supported"):
         lt.load_adapter(llama(), bad)
     (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]}))
     with pytest.raises(lt.LeantuneError, match="no adapter_model.safetensors"):

@@ -13,7 +13,9 @@ from leantune.methods.bottleneck import BottleneckConfig
 from leantune.methods.full import FullConfig
 from leantune.methods.head_only import HeadOnlyConfig
 from leantune.methods.ia3 import IA3Config
+from leantune.methods.lokr import LoKrConfig
 from leantune.methods.lora import LoraConfig
+from leantune.methods.oft import OFTConfig
 from leantune.methods.prefix_tuning import PrefixTuningConfig
 from leantune.methods.prompt_tuning import PromptTuningConfig
 from leantune.methods.registry import (
@@ -23,9 +25,10 @@ from leantune.methods.registry import (
     method_for_config,
     method_for_peft_type,
 )
+from leantune.methods.vera import VeraConfig
 
 __all__ = [
     "METHOD_NAMES", "REGISTRY", "BitFitConfig", "BottleneckConfig", "FullConfig", "HeadOnlyConfig", "IA3Config",
     "LoraConfig", "PrefixTuningConfig", "PromptTuningConfig", "method_config", "method_for_config",
-    "method_for_peft_type",
+    "method_for_peft_type", "LoKrConfig", "OFTConfig", "VeraConfig",
 ]

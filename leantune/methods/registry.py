@@ -17,9 +17,12 @@ from leantune.methods.bottleneck import BottleneckMethod
 from leantune.methods.full import FullMethod
 from leantune.methods.head_only import HeadOnlyMethod
 from leantune.methods.ia3 import IA3Method
+from leantune.methods.lokr import LoKrMethod
 from leantune.methods.lora import LoraMethod
+from leantune.methods.oft import OFTMethod
 from leantune.methods.prefix_tuning import PrefixTuningMethod
 from leantune.methods.prompt_tuning import PromptTuningMethod
+from leantune.methods.vera import VeraMethod
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ REGISTRY: dict[str, MethodSpec] = {
         MethodSpec("lora", _LORA),
         MethodSpec("dora", _LORA, preset={"use_dora": True}),
         MethodSpec("ia3", IA3Method()),
+        MethodSpec("lokr", LoKrMethod()),
+        MethodSpec("oft", OFTMethod()),
+        MethodSpec("vera", VeraMethod()),
         MethodSpec("prompt", PromptTuningMethod()),
         MethodSpec("prefix", PrefixTuningMethod()),
         MethodSpec("bottleneck", BottleneckMethod()),

@@ -15,7 +15,7 @@ from tiny_models import FACTORIES, batch, output_of, randomize_
 import leantune as lt
 from leantune.methods.base import AdapterLayer, ModulesToSave
 
-MERGEABLE = {"lora", "dora", "ia3", "bitfit", "head", "full"}
+MERGEABLE = {"lora", "dora", "ia3", "bitfit", "head", "full", "lokr", "oft", "vera"}
 
 
 def _attached(arch, method):

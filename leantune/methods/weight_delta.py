@@ -1,0 +1,78 @@
+"""What the weight-update methods added beside LoRA (LoKr, OFT, VeRA) share.
+
+Each adapts ``nn.Linear`` and GPT-2's ``Conv1D`` (weight stored transposed) and computes its update as a matrix in
+the (out_features, in_features) layout; :func:`write_weight` stores such a matrix back into either kind of layer.
+LoKr and VeRA add a delta ``ΔW`` to the weight (:class:`DeltaLayer`); OFT multiplies it by a rotation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from leantune.errors import LeantuneError
+from leantune.methods.base import AdapterLayer, MethodConfig, base_biases, is_conv1d, weight_as_out_in
+from leantune.models.quantize import is_quantized_layer
+
+
+def write_weight(layer: nn.Module, w_out_in: torch.Tensor) -> None:
+    """Store ``w_out_in`` (out × in) as ``layer``'s weight, transposed for a Conv1D."""
+    if is_quantized_layer(layer):
+        raise LeantuneError("merging writes to the base weight, which is quantized here; merge with lt.merge(model), "
+                            "which dequantises the base first, or keep the adapter unmerged.")
+    layer.weight.data.copy_(w_out_in.T if is_conv1d(layer) else w_out_in)
+
+
+class DeltaLayer(AdapterLayer):
+    """An adapter layer whose update is an additive weight delta: ``y = W x + ΔW x``; merging adds ``ΔW`` to W."""
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """``ΔW`` of adapter ``name`` as (out_features, in_features), in the adapter's dtype."""
+        raise NotImplementedError
+
+    def _merge(self, name: str) -> None:
+        W = weight_as_out_in(self.base_layer)
+        write_weight(self.base_layer, W + self.delta_weight(name).to(W.dtype))
+
+    def _unmerge(self, name: str) -> None:
+        W = weight_as_out_in(self.base_layer)
+        write_weight(self.base_layer, W - self.delta_weight(name).to(W.dtype))
+
+
+def trained_biases(model: nn.Module, bias: str, layer_cls: type[AdapterLayer], name: str) -> dict[str, nn.Parameter]:
+    """The biases a method trains in place, by full name: none, ``all`` of the model's, or (``<method>_only``) those
+    of the layers that carry adapter ``name`` (peft's ``bias`` option)."""
+    if bias == "none":
+        return {}
+    if bias == "all":
+        return base_biases(model)
+    return {
+        f"{m}.base_layer.bias": mod.base_layer.bias
+        for m, mod in model.named_modules()
+        if isinstance(mod, layer_cls) and name in mod.adapter_names and mod.base_layer.bias is not None
+    }
+
+
+# peft options of these methods that change what an adapter computes and that leantune does not implement.
+LAYER_SELECTION_KEYS = ("layers_to_transform", "layers_pattern")
+
+
+def peft_dict_from_fields(config: MethodConfig, resolved: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """``adapter_config.json`` for a config whose fields carry peft's names: every field, the targets injection
+    resolved, no layer selection, and ``extra``."""
+    fields = config.model_dump(exclude={"target_modules", "exclude_modules", "modules_to_save"})
+    return {"peft_type": config.peft_type, **fields, "target_modules": resolved["target_modules"],
+            "exclude_modules": None, "modules_to_save": resolved.get("modules_to_save"),
+            "layers_to_transform": None, "layers_pattern": None, **extra}
+
+
+def config_from_peft_fields(cls: type[MethodConfig], d: dict[str, Any], unsupported: tuple[str, ...],
+                            what: str) -> Any:
+    """The config of a peft ``adapter_config.json`` whose keys are the config's field names (a missing key takes
+    the default, which is peft's); an option in ``unsupported`` that is set is refused with its name."""
+    bad = {k: d[k] for k in unsupported if not (d.get(k) is None or d.get(k) is False or d.get(k) in ({}, []))}
+    if bad:
+        raise LeantuneError(f"This {what} adapter uses peft options leantune does not support: {bad}.")
+    return cls(**{k: d[k] for k in cls.model_fields if k in d})
