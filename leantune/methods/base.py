@@ -286,6 +286,11 @@ class Method:
         """Add adapter ``name`` to ``model``; return what was resolved (target names ...) for saving."""
         raise NotImplementedError
 
+    def learning_rates(self, model: nn.Module, config: MethodConfig, lr: float) -> dict[int, float]:
+        """Trainable parameters (by ``id``) that ``config`` trains at another rate than ``lr`` (LoRA+), with that
+        rate; the optimizer gives each rate its own parameter group."""
+        return {}
+
     def extra_parameters(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, nn.Parameter]:
         """Base parameters this method trains in place (biases for BitFit ...), keyed by their full name."""
         return {}

@@ -1,10 +1,11 @@
-"""LoRA (Hu et al. 2021), with rsLoRA scaling, PiSSA initialisation, and the seam for LoRA variants.
+"""LoRA (Hu et al. 2021), with rsLoRA scaling, PiSSA and OLoRA initialisation, LoRA+ rates, and the variant seam.
 
 ``y = W x + s · B A dropout(x)`` with ``A: r × in`` and ``B: out × r``; ``s = alpha / r`` (``alpha / sqrt(r)`` with
 rsLoRA). Works on ``nn.Linear``, GPT-2's ``Conv1D`` (weight stored transposed) and ``nn.Embedding``. A variant
 changes what a layer computes for the adapters that use it (:mod:`leantune.methods.lora_variant`): DoRA
 (``use_dora``) is one, in :mod:`leantune.methods.dora`. PiSSA starts A and B from the weight's top singular
-directions and leaves the residual in the base (:data:`RESIDUAL_INITS`).
+directions, OLoRA from its QR decomposition; both leave the residual in the base (:data:`RESIDUAL_INITS`).
+LoRA+ (``loraplus_lr_ratio``) trains B at a higher learning rate (:mod:`leantune.methods.loraplus`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from leantune.methods.base import (
 )
 from leantune.methods.dora import DoraEmbeddingVariant, DoraVariant
 from leantune.methods.lora_variant import LoraVariant
+from leantune.methods.loraplus import loraplus_learning_rates
 from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
 from leantune.models.quantize import is_quantized_layer
 
-LoraInit = Literal["standard", "gaussian", "pissa", "random"]
+LoraInit = Literal["standard", "gaussian", "pissa", "olora", "random"]
 
 # peft keys that change what an adapter computes and that leantune does not implement: refuse rather than guess.
 _UNSUPPORTED_PEFT_KEYS = (
@@ -44,6 +46,7 @@ _UNSUPPORTED_PEFT_KEYS = (
     "lora_bias", "target_parameters", "trainable_token_indices", "alora_invocation_tokens", "use_bdlora",
     "megatron_config", "arrow_config", "velora_config", "kasa_config", "monteclora_config",
 )
+_LORAPLUS_LR_EMBEDDING = 1e-6  # peft's default
 
 
 class LoraConfig(MethodConfig):
@@ -61,15 +64,23 @@ class LoraConfig(MethodConfig):
     use_dora: bool = False
     init: LoraInit = "standard"
     """standard: A Kaiming-uniform, B zero; gaussian: A ~ N(0, 1/r); pissa: from the weight's top singular vectors;
-    random: A and B both random (the adapter is not a no-op at start; for tests)."""
+    olora: from the weight's QR decomposition; random: A and B both random (the adapter is not a no-op at start;
+    for tests)."""
     bias: Literal["none", "all", "lora_only"] = "none"
     fan_in_fan_out: bool | None = None
     """True for layers that store weight as (in, out); None: detected (GPT-2's Conv1D)."""
+    loraplus_lr_ratio: float | None = Field(None, gt=0)
+    """LoRA+: B matrices (and 1-D parameters) train at lr × this ratio (the paper suggests 16). A training setting:
+    kept in the optimizer's groups and the run's config, not in adapter_config.json."""
+    loraplus_lr_embedding: float = Field(_LORAPLUS_LR_EMBEDDING, gt=0)
+    """LoRA+: the learning rate of LoRA's embedding layers (peft's ``loraplus_lr_embedding``)."""
 
     @model_validator(mode="after")
     def _refuse_dora_with_residual_init(self) -> LoraConfig:
         if self.use_dora and self.init in RESIDUAL_INITS:
             raise ValueError(f"DoRA with init '{self.init}' is not supported; choose one of them")
+        if self.loraplus_lr_ratio is None and self.loraplus_lr_embedding != _LORAPLUS_LR_EMBEDDING:
+            raise ValueError("loraplus_lr_embedding applies with LoRA+ only: set loraplus_lr_ratio too")
         return self
 
     @property
@@ -140,10 +151,18 @@ def pissa_factors(weight: torch.Tensor, r: int, scaling: float) -> tuple[torch.T
     return sqrt_s[:, None] * Vh[:r], U[:, :r] * sqrt_s[None, :]
 
 
+def olora_factors(weight: torch.Tensor, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """OLoRA's A (r × in) and B (out × r) from the QR decomposition ``W = QR`` of the fp32 (out, in) ``weight``:
+    ``B = Q[:, :r]`` (orthonormal columns), ``A = R[:r]`` (peft's ``olora_init``; unscaled, like peft)."""
+    Q, R = torch.linalg.qr(weight)
+    return R[:r].contiguous(), Q[:, :r].contiguous()
+
+
 # Initialisations that start the adapter from the base weight: the base keeps the residual W - s·BA, and the
 # saved adapter is a plain LoRA of rank 2r relative to the original weight (peft's conversion).
 RESIDUAL_INITS: dict[str, Callable[[torch.Tensor, int, float], tuple[torch.Tensor, torch.Tensor]]] = {
     "pissa": pissa_factors,
+    "olora": olora_factors,
 }
 
 
@@ -238,7 +257,7 @@ class LoraLinear(LoraLayer):
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
         with torch.no_grad():
             if cfg.init in RESIDUAL_INITS:
-                self._init_residual(name, RESIDUAL_INITS[cfg.init], cfg.r)
+                self._init_residual(name, cfg.init, cfg.r)
             else:
                 if cfg.init == "gaussian":
                     nn.init.normal_(A, std=1 / cfg.r)
@@ -250,11 +269,15 @@ class LoraLinear(LoraLayer):
                     nn.init.zeros_(B)
         self.add_variant(name, cfg)
 
-    def _init_residual(self, name: str, factors: Callable, r: int) -> None:
-        """A, B from ``factors`` of the weight (PiSSA: its top singular directions); the base keeps W - s·BA."""
+    def _init_residual(self, name: str, init: str, r: int) -> None:
+        """A, B from the weight by ``RESIDUAL_INITS[init]`` (PiSSA: its top singular directions; OLoRA: its QR
+        decomposition); the base keeps W - s·BA."""
         W = weight_as_out_in(self.base_layer).float()
+        if r > min(W.shape):
+            raise LeantuneError(f"init '{init}' needs r <= min(out_features, in_features) of every target layer: "
+                                f"r is {r}, a layer has {min(W.shape)}; lower r or narrow target_modules.")
         s = self.scaling[name]
-        A, B = factors(W, r, s)
+        A, B = RESIDUAL_INITS[init](W, r, s)
         dtype = self.lora_A[name].weight.dtype
         self.lora_A[name].weight.copy_(A.to(dtype))
         self.lora_B[name].weight.copy_(B.to(dtype))
@@ -361,6 +384,18 @@ class LoraMethod(Method):
             "target_modules": portable_target_names(model, targets, allowed),
             "fan_in_fan_out": any(is_conv1d(model.get_submodule(t).base_layer) for t in targets),
         }
+
+    def learning_rates(self, model: nn.Module, config: MethodConfig, lr: float) -> dict[int, float]:
+        assert isinstance(config, LoraConfig)
+        if config.loraplus_lr_ratio is None:
+            return {}
+        layers = list(model.modules())
+        return loraplus_learning_rates(
+            model, lr, config.loraplus_lr_ratio, config.loraplus_lr_embedding,
+            b_params=[p for m in layers if isinstance(m, LoraLinear) for p in m.lora_B.parameters()],
+            embedding_params=[p for m in layers if isinstance(m, LoraEmbedding)
+                              for p in (*m.lora_embedding_A.parameters(), *m.lora_embedding_B.parameters())],
+        )
 
     def extra_parameters(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, nn.Parameter]:
         assert isinstance(config, LoraConfig)

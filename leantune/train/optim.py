@@ -8,15 +8,19 @@ import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW on trainable parameters; no weight decay for biases, norms and other 1-D parameters."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    rates: dict[int, float] | None = None) -> torch.optim.AdamW:
+    """AdamW on trainable parameters, one group per (learning rate, weight decay): a parameter trains at
+    ``rates[id(p)]`` if given (LoRA+), else at ``lr``; no weight decay for biases, norms and other 1-D parameters.
+    The groups at ``lr`` come first (the logged rate is the first group's)."""
+    rates = rates or {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((rates.get(id(p), lr), p.dim() >= 2), []).append(p)
+    order = sorted(groups, key=lambda key: (key[0] != lr, key[0], not key[1]))
+    return torch.optim.AdamW([{"params": groups[key], "lr": key[0], "weight_decay": weight_decay if key[1] else 0.0}
+                              for key in order], lr=lr)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

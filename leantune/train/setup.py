@@ -18,6 +18,7 @@ from leantune.config import RunConfig, TrainConfig, dump_config
 from leantune.data.packing import pack_examples
 from leantune.errors import LeantuneError
 from leantune.methods.lora import compile_lora
+from leantune.methods.registry import method_for_config
 from leantune.models.loading import load_tokenizer
 from leantune.models.preflight import preflight
 from leantune.models.quantize import quantize_model, resolve_backend
@@ -95,7 +96,8 @@ def setup_run(cfg: RunConfig, dist: Dist | None = None, overwrite: bool = False,
     torch.manual_seed(tc.seed + dist.rank)  # each process its own dropout masks (DDP broadcast rank 0's weights)
 
     total_steps, warmup = schedule_length(cfg, task, train_features, dist.world)
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
+    rates = method_for_config(cfg.method_args).learning_rates(model, cfg.method_args, tc.lr)  # LoRA+
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, rates)
     metric = tc.metric or task.default_metric
     run = Run(cfg=cfg, dist=dist, device=device, amp_dtype=autocast_dtype(tc.precision, device), run_dir=run_dir,
               task=task, train_features=train_features, eval_features=eval_features, model=model,

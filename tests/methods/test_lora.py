@@ -1,7 +1,8 @@
-"""LoRA specifics: targets, scaling, inits (standard, gaussian, PiSSA), bias modes, Conv1D and embeddings."""
+"""LoRA specifics: targets, scaling, inits (standard, gaussian, PiSSA, OLoRA), bias modes, Conv1D and embeddings."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -72,14 +73,20 @@ def test_standard_and_gaussian_init_start_as_the_base():
     assert abs(a.weight.std().item() - 1 / 8) < 0.03
 
 
-def test_pissa_starts_as_the_base_and_saves_as_plain_lora(tmp_path):
-    inputs = batch("llama")
-    base = output_of(llama(), inputs)
-    model = lt.attach(llama(), lt.LoraConfig(r=4, init="pissa", target_modules=["q_proj", "v_proj"]))
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_residual_inits_start_as_the_base_and_save_a_plain_lora_that_peft_loads_on_the_original_base(
+        init, arch, tmp_path):
+    inputs, make = batch(arch), FACTORIES[arch]
+    base = output_of(make(), inputs)
+    targets = ["q_proj", "v_proj"] if arch == "llama" else ["c_attn", "c_fc"]
+    model = lt.attach(make(), lt.LoraConfig(r=4, init=init, target_modules=targets))
     torch.testing.assert_close(output_of(model, inputs), base, atol=1e-5, rtol=1e-5)
-    # principal components: the adapter holds the top singular directions of the weight
-    q = model.model.layers[0].self_attn.q_proj
-    assert torch.linalg.matrix_norm(q.base_layer.weight) < torch.linalg.matrix_norm(llama().model.layers[0].self_attn.q_proj.weight)
+    layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    if init == "olora":  # B: the first r columns of Q (orthonormal); A: the first r rows of R (upper triangular)
+        torch.testing.assert_close(B.T @ B, torch.eye(4), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(A, torch.triu(A))
     # train a little, then save: the file is a rank-2r LoRA relative to the *original* weights
     with torch.no_grad():
         for p in model.parameters():
@@ -87,12 +94,36 @@ def test_pissa_starts_as_the_base_and_saves_as_plain_lora(tmp_path):
                 p.add_(torch.randn_like(p) * 0.05)
     expected = output_of(model, inputs)
     lt.save_adapter(model, tmp_path)
-    ours = lt.load_adapter(llama(), tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["init_lora_weights"] is True
+    ours = lt.load_adapter(make(), tmp_path)
     torch.testing.assert_close(output_of(ours, inputs), expected, atol=1e-5, rtol=1e-5)
-    theirs = PeftModel.from_pretrained(llama(), tmp_path)
+    theirs = PeftModel.from_pretrained(make(), tmp_path)  # peft, on the original base
     torch.testing.assert_close(output_of(theirs, inputs), expected, atol=1e-5, rtol=1e-5)
-    # merging the PiSSA model gives the same fine-tuned weights
+    # merging the model gives the same fine-tuned weights
     torch.testing.assert_close(output_of(lt.merge(model), inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_residual_inits_match_peft_initialisation(init):
+    """A, B and the residual base weight as peft's init_lora_weights="pissa" / "olora" computes them."""
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
+
+    ours = lt.attach(llama(), lt.LoraConfig(r=4, alpha=8, init=init, target_modules=["q_proj", "down_proj"]))
+    theirs = get_peft_model(llama(), PeftLora(r=4, lora_alpha=8, init_lora_weights=init,
+                                              target_modules=["q_proj", "down_proj"]))
+    expected = dict(theirs.base_model.model.named_parameters())
+    compared = 0
+    for name, p in ours.named_parameters():
+        if "lora_" in name or ".base_layer.weight" in name:
+            torch.testing.assert_close(p, expected[name], atol=1e-6, rtol=1e-6, msg=name)
+            compared += 1
+    assert compared == 2 * 2 * 3  # 2 layers x (q_proj, down_proj) x (A, B, base weight)
+
+
+def test_residual_inits_refuse_a_rank_above_the_layer():
+    with pytest.raises(lt.LeantuneError, match="init 'olora' needs r <= min"):
+        lt.attach(llama(), lt.LoraConfig(r=20, init="olora", target_modules=["k_proj", "q_proj"]))
 
 
 @pytest.mark.parametrize("mode,expected_bias", [("none", 0), ("lora_only", 2 * (32 + 32)), ("all", None)])
