@@ -118,12 +118,12 @@ def cmd_estimate(args: argparse.Namespace) -> None:
     print(format_estimate(cfg, estimate_run(cfg)))
 
 
-def _load_run(run_dir: str):
-    """(config, task, model on the best device, device) of a finished run."""
+def _load_run(run_dir: str, adapter: str | None = None):
+    """(config, task, model on the best device, device) of a finished run (with ``adapter`` instead of its own)."""
     from leantune.train.device import pick_device
     from leantune.train.runs import load_run
 
-    cfg, task, model = load_run(run_dir)
+    cfg, task, model = load_run(run_dir, adapter)
     device = pick_device()
     return cfg, task, model.to(device), device
 
@@ -132,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate a finished run on a labelled data file."""
     import json
 
-    _, task, model, device = _load_run(args.run_dir)
+    _, task, model, device = _load_run(args.run_dir, args.adapter)
     records, features = task.read_file(args.data, args.format, labelled=True, target=args.target)
     metrics = task.evaluate_file(model, records, features, device)
     print(json.dumps(metrics, indent=2))
@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--target", help="translation: the aligned reference file for --data")
     p.add_argument("--format", default="auto", help="file format (or record style); auto: from the file")
+    p.add_argument("--adapter", help="evaluate this adapter folder on the run's base instead of the run's own "
+                   "(e.g. one written by `leantune export --to lora`)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="predict for every row of a file (labels, answers, translations)")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from leantune.adapters import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
+from leantune.convert import CONVERTIBLE, to_lora
 from leantune.errors import LeantuneError
 from leantune.files import fsync_dir
 
@@ -38,7 +39,7 @@ FORMATS = ("merged", "vllm", "peft", "lora")
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM accepts for ``--max-lora-rank`` (its LoRAConfig.max_lora_rank); an adapter's r must not exceed
 the one the server was started with."""
-PEFT_LOADABLE = ("LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING")
+PEFT_LOADABLE = ("LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING", "LOKR", "OFT", "VERA")
 INFO_NAME = "leantune_export.json"
 AUTO_CLASSES = {  # for a bare adapter folder (a run's task names its own class)
     "CAUSAL_LM": "AutoModelForCausalLM",
@@ -86,7 +87,8 @@ class Source:
         if self.peft_type == "LORA":
             return "DoRA" if self.raw.get("use_dora") else "LoRA"
         return {"PROMPT_TUNING": "prompt tuning", "PREFIX_TUNING": "prefix tuning", "BOTTLENECK": "bottleneck",
-                "BITFIT": "BitFit", "HEAD_ONLY": "head-only", "FULL": "full fine-tuning"}.get(self.peft_type,
+                "BITFIT": "BitFit", "HEAD_ONLY": "head-only", "FULL": "full fine-tuning", "LOKR": "LoKr",
+                "VERA": "VeRA"}.get(self.peft_type,
                                                                                              self.peft_type)
 
     @property
@@ -131,7 +133,7 @@ def export_run(run_dir: str | os.PathLike, to: str, out: str | os.PathLike, *, r
         raise LeantuneError("--rank is for --to lora (the rank of the converted LoRA); leave it out here.")
     if name is not None and to != "vllm":
         raise LeantuneError("--name is for --to vllm (the adapter's name in vLLM); leave it out here.")
-    source = find_source(Path(run_dir).expanduser(), need_run=to == "merged")
+    source = find_source(Path(run_dir).expanduser(), need_run=to in ("merged", "lora"), to=to)
     writers: dict[str, Callable[[Source, Path, Path], ExportReport]] = {
         "merged": write_merged,
         "vllm": lambda s, tmp, dest: write_vllm(s, tmp, dest, name or s.name),
@@ -141,7 +143,6 @@ def export_run(run_dir: str | os.PathLike, to: str, out: str | os.PathLike, *, r
     if to == "lora":  # reported before anything is written
         if rank is None or rank <= 0:
             raise LeantuneError("--to lora needs --rank R, a positive integer (the rank of the converted LoRA).")
-        lora_converter()
     final = Path(out).expanduser()
     with staged_folder(final, source.path, overwrite) as tmp:
         try:
@@ -157,7 +158,7 @@ def export_run(run_dir: str | os.PathLike, to: str, out: str | os.PathLike, *, r
 # ------------------------------------------------------------------------------------------ source and output
 
 
-def find_source(path: Path, need_run: bool) -> Source:
+def find_source(path: Path, need_run: bool, to: str = "merged") -> Source:
     """The run folder (config.yaml + adapter/) or adapter folder at ``path``; a clear error for anything else."""
     if not path.exists():
         raise LeantuneError(f"run folder not found: {path}")
@@ -170,7 +171,7 @@ def find_source(path: Path, need_run: bool) -> Source:
                                 "finished. Resume it with `leantune train CONFIG --resume`, then export.")
     elif (path / CONFIG_NAME).is_file():
         if need_run:
-            raise LeantuneError(f"{path} is an adapter folder; --to merged needs the run folder (its config.yaml "
+            raise LeantuneError(f"{path} is an adapter folder; --to {to} needs the run folder (its config.yaml "
                                 "names the base model and the task).")
         run, adapter = None, path
     else:
@@ -490,30 +491,21 @@ def _vllm_alternatives(src: Source) -> str:
     options = []
     if method_for_peft_type(src.peft_type).mergeable:
         options.append("--to merged (a plain model folder vLLM serves as is)")
-    convertible = src.raw.get("use_dora") or src.peft_type in ("IA3", "FULL")
+    convertible = src.raw.get("use_dora") or src.peft_type.lower() in CONVERTIBLE
     if convertible and not src.raw.get("modules_to_save") and src.raw.get("task_type") in (None, "CAUSAL_LM"):
-        options.append("--to lora --rank R (convert to plain LoRA) and then --to vllm on that folder"
-                       + ("" if lora_converter(required=False) else ", once leantune has to_lora"))
+        options.append("--to lora --rank R (convert to plain LoRA) and then --to vllm on that folder")
     return ("Use " + ", or ".join(options) + ".") if options else "Use the run with leantune (generate, serve)."
 
 
 # ------------------------------------------------------------------------------------------ lora
 
 
-def lora_converter(required: bool = True) -> Callable[..., Any] | None:
-    """``leantune.to_lora`` (another method converted to plain LoRA by truncated SVD), where this leantune has it."""
-    import leantune
-
-    fn = getattr(leantune, "to_lora", None)
-    if fn is None and required:
-        raise LeantuneError("--to lora is not available: this leantune has no to_lora converter yet. Use --to merged "
-                            "(a plain transformers folder), or --to vllm / --to peft for LoRA adapters.")
-    return fn
-
-
 def write_lora(src: Source, out: Path, dest: Path, rank: int) -> ExportReport:
-    """Convert the run's adapter to a plain LoRA of rank ``rank`` with ``leantune.to_lora``."""
-    report = lora_converter()(str(src.run or src.adapter), rank, str(out))
+    """Convert the run's adapter to a plain LoRA of rank ``rank`` with :func:`leantune.to_lora`."""
+    assert src.run is not None
+    report = to_lora(src.run, rank, out)
     return ExportReport(format="lora", out=dest, summary=f"wrote a rank-{rank} LoRA converted from "
-                        f"{src.method_label} to {dest}", notes=[str(report)] if report else [],
-                        usage=[f"leantune export {dest} --to vllm --out DIR  # or --to peft"])
+                        f"{src.method_label} to {dest}", notes=[report.summary()],
+                        usage=[f"leantune export {dest} --to vllm --out DIR  # or --to peft",
+                               f"leantune eval {src.path} --adapter {dest} --data FILE  # its metrics"],
+                        details={"rank": rank, "relative_error": report.relative_error})

@@ -314,7 +314,7 @@ def test_cli_errors_are_one_line(lora_run, tmp_path, capsys):
         ([str(tmp_path), "--to", "peft"], "neither a leantune run folder"),
         ([str(lora_run / "adapter"), "--to", "merged"], "--to merged needs the run folder"),
         ([str(lora_run), "--to", "peft", "--rank", "4"], "--rank is for --to lora"),
-        ([str(lora_run), "--to", "lora", "--rank", "4"], "--to lora is not available"),
+        ([str(lora_run / "adapter"), "--to", "lora", "--rank", "4"], "--to lora needs the run folder"),
         ([str(lora_run), "--to", "peft", "--out", str(lora_run), "--overwrite"], "would replace"),
         ([str(lora_run), "--to", "peft", "--out", str(lora_run / "config.yaml")], "exists and is a file"),
         ([str(lora_run), "--to", "peft", "--out", str(lora_run / "config.yaml" / "x")], "cannot write there"),
@@ -343,19 +343,22 @@ def test_existing_output_is_replaced_only_with_overwrite(lora_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_to_lora_calls_the_converter_when_the_package_has_one(lora_run, tmp_path, monkeypatch):
-    import leantune
-
-    calls = []
-
-    def fake_to_lora(source, rank, out_dir):
-        calls.append((source, rank))
-        open(os.path.join(out_dir, "adapter_config.json"), "w").write("{}")
-        return "converted 0 layers"
-
-    monkeypatch.setattr(leantune, "to_lora", fake_to_lora, raising=False)
+@pytest.mark.parametrize("method,args", [("dora", {"r": 4}), ("lokr", {"r": 2})])
+def test_to_lora_converts_the_run_and_eval_takes_the_converted_adapter(models, method, args, tmp_path, capsys):
+    run = make_run(tmp_path, f"{method}-run", models["llama"], "instruction", method, args)
     with pytest.raises(LeantuneError, match="needs --rank R"):
-        lt.export_run(lora_run, "lora", tmp_path / "l")
-    report = lt.export_run(lora_run, "lora", tmp_path / "l", rank=8)
-    assert calls == [(str(lora_run), 8)] and (tmp_path / "l" / "adapter_config.json").is_file()
-    assert report.notes == ["converted 0 layers"]
+        lt.export_run(run, "lora", tmp_path / "l")
+    report = lt.export_run(run, "lora", tmp_path / "l", rank=64)  # at full rank the conversion is exact
+    saved = json.loads((tmp_path / "l" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "LORA" and saved["r"] == 64 and not saved.get("use_dora")
+    assert report.details["relative_error"] < 1e-5 and "-> LoRA rank 64" in report.notes[0]
+    from leantune.train.runs import load_run
+
+    inputs = encode(models["llama"], "clm")
+    expected = reference(run, inputs, "clm")["logits"]
+    _, _, converted = load_run(run, tmp_path / "l")
+    torch.testing.assert_close(outputs_of(converted, inputs, "clm")["logits"], expected, atol=1e-4, rtol=1e-4)
+    # the converted folder exports to vLLM in turn
+    assert cli_main(["export", str(tmp_path / "l"), "--to", "vllm", "--out", str(tmp_path / "v")]) == 0
+    assert "--max-lora-rank 64" in capsys.readouterr().out
+

@@ -18,8 +18,9 @@ from leantune.tasks import make_task
 from leantune.train.device import pick_device
 
 
-def load_run(run_dir: str | os.PathLike) -> tuple[Any, Any, Any]:
-    """(config, task, model with the trained adapter) of a finished run folder."""
+def load_run(run_dir: str | os.PathLike, adapter: str | os.PathLike | None = None) -> tuple[Any, Any, Any]:
+    """(config, task, model with the trained adapter) of a finished run folder; ``adapter``: another adapter
+    folder for the run's base and task instead (e.g. the run converted with ``leantune export --to lora``)."""
     run = Path(run_dir)
     cfg_file = run / "config.yaml"
     if not cfg_file.is_file():
@@ -31,5 +32,5 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Any, Any, Any]:
     model = task.build_model(model_path)
     if cfg.quantize != "none":  # evaluate on the base the adapter was trained on
         quantize_model(model, cfg.quantize, resolve_backend(cfg.quantize_backend, pick_device()))
-    lt.load_adapter(model, run / "adapter")
+    lt.load_adapter(model, adapter or run / "adapter")
     return cfg, task, model.eval()
