@@ -16,7 +16,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
 
 def leantune(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "leantune", *args], capture_output=True, text=True, env=ENV,
-                          timeout=300)
+                          timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"leantune {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

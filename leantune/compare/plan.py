@@ -18,9 +18,10 @@ from leantune.train.resume import RESUMABLE_CHANGES, changed_keys
 
 DEFAULT_LR: dict[str, float] = {
     "head": 1e-2, "lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "prompt": 3e-2, "prefix": 3e-2, "bottleneck": 1e-3,
-    "bitfit": 2e-3, "full": 5e-5,
+    "bitfit": 2e-3, "full": 5e-5, "lokr": 1e-3, "oft": 1e-3, "vera": 1e-2,
 }
-"""Learning rates that worked on SST-2 / MiniLM (benchmarks/classification.py) for each method."""
+"""Learning rates that worked on SST-2 / MiniLM (benchmarks/classification.py) for each method; lokr, oft and vera
+are starting points not yet measured there (LoRA's rate, and 10x for VeRA's scaling vectors)."""
 
 HARMLESS_CHANGES = {"train.num_threads", "train.log_every", "train.save_every", "train.keep_last",
                     "train.max_nonfinite_steps", "train.spike_factor"}
