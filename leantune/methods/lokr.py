@@ -18,16 +18,12 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from leantune.methods.base import (
-    LINEAR_TYPES,
-    Method,
-    MethodConfig,
-    in_out_features,
-)
-from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
+from leantune.methods.base import MethodConfig, in_out_features
 from leantune.methods.weight_delta import (
     LAYER_SELECTION_KEYS,
     DeltaLayer,
+    LinearAdapterMethod,
+    adapter_dtype,
     config_from_peft_fields,
     peft_dict_from_fields,
 )
@@ -114,11 +110,10 @@ class LoKrLinear(DeltaLayer):
         fan_in, fan_out = in_out_features(self.base_layer)
         out_l, out_k = factorization(fan_out, cfg.decompose_factor)
         in_m, in_n = factorization(fan_in, cfg.decompose_factor)
-        w = self.base_layer.weight
-        dtype = w.dtype if w.is_floating_point() else torch.float32
+        device, dtype = self.base_layer.weight.device, adapter_dtype(self.base_layer)
 
         def new(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.empty(*shape, device=w.device, dtype=dtype))
+            return nn.Parameter(torch.empty(*shape, device=device, dtype=dtype))
 
         r = cfg.r
         if cfg.decompose_both and r < max(out_l, in_m) / 2:
@@ -170,12 +165,9 @@ class LoKrLinear(DeltaLayer):
         return result + F.linear(x.to(delta.dtype), delta).to(result.dtype)
 
 
-class LoKrMethod(Method):
+class LoKrMethod(LinearAdapterMethod):
     name = "lokr"
+    label = "LoKr"
     config_cls = LoKrConfig
-
-    def inject(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, Any]:
-        assert isinstance(config, LoKrConfig)
-        targets = resolve_linear_targets(model, config.target_modules, config.exclude_modules, "LoKr")
-        inject_layers(model, targets, LoKrLinear, lambda t, m: LoKrLinear(m), name, config)
-        return {"target_modules": portable_target_names(model, targets, LINEAR_TYPES)}
+    layer_cls = LoKrLinear
+    saves_fan_in_fan_out = False  # not a field of peft's LoKrConfig

@@ -18,21 +18,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from leantune.errors import LeantuneError
-from leantune.methods.base import (
-    LINEAR_TYPES,
-    AdapterLayer,
-    Method,
-    MethodConfig,
-    in_out_features,
-    is_conv1d,
-    weight_as_out_in,
-)
-from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
+from leantune.methods.base import AdapterLayer, MethodConfig, in_out_features, weight_as_out_in
 from leantune.methods.weight_delta import (
     LAYER_SELECTION_KEYS,
+    LinearAdapterMethod,
+    adapter_dtype,
     config_from_peft_fields,
     peft_dict_from_fields,
-    trained_biases,
     write_weight,
 )
 
@@ -220,9 +212,7 @@ class OFTLinear(AdapterLayer):
         if (size if cfg.oft_block_size else blocks) != (cfg.oft_block_size or cfg.r):
             warnings.warn(f"OFT: {asked} does not divide in_features={fan_in}; such layers use {blocks} blocks of "
                           f"{size} (as peft adjusts them).", stacklevel=2)
-        w = self.base_layer.weight
-        dtype = w.dtype if w.is_floating_point() else torch.float32
-        rot = OFTRotation(blocks, size, cfg, w.device, dtype)
+        rot = OFTRotation(blocks, size, cfg, self.base_layer.weight.device, adapter_dtype(self.base_layer))
         with torch.no_grad():
             if cfg.init_weights:
                 nn.init.zeros_(rot.weight)
@@ -248,19 +238,8 @@ class OFTLinear(AdapterLayer):
         write_weight(self.base_layer, (W.float() @ torch.linalg.inv(R.T)).to(W.dtype))
 
 
-class OFTMethod(Method):
+class OFTMethod(LinearAdapterMethod):
     name = "oft"
+    label = "OFT"
     config_cls = OFTConfig
-
-    def inject(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, Any]:
-        assert isinstance(config, OFTConfig)
-        targets = resolve_linear_targets(model, config.target_modules, config.exclude_modules, "OFT")
-        inject_layers(model, targets, OFTLinear, lambda t, m: OFTLinear(m), name, config)
-        return {
-            "target_modules": portable_target_names(model, targets, LINEAR_TYPES),
-            "fan_in_fan_out": any(is_conv1d(model.get_submodule(t).base_layer) for t in targets),
-        }
-
-    def extra_parameters(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, nn.Parameter]:
-        assert isinstance(config, OFTConfig)
-        return trained_biases(model, config.bias, OFTLinear, name)
+    layer_cls = OFTLinear

@@ -12,6 +12,7 @@ the key.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -19,22 +20,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from leantune.methods.base import (
-    LINEAR_TYPES,
-    AdapterLayer,
-    Method,
-    MethodConfig,
-    in_out_features,
-    is_conv1d,
-    require_state,
-)
-from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
+from leantune.methods.base import AdapterLayer, MethodConfig, in_out_features, require_state
 from leantune.methods.weight_delta import (
     LAYER_SELECTION_KEYS,
     DeltaLayer,
+    LinearAdapterMethod,
+    adapter_dtype,
     config_from_peft_fields,
     peft_dict_from_fields,
-    trained_biases,
 )
 
 PROJECTION_KEYS = ("base_model.vera_A", "base_model.vera_B")
@@ -106,14 +99,13 @@ class VeraLinear(DeltaLayer):
 
     def add(self, name: str, cfg: VeraConfig) -> None:
         _, fan_out = in_out_features(self.base_layer)
-        w = self.base_layer.weight
-        dtype = w.dtype if w.is_floating_point() else torch.float32
+        device, dtype = self.base_layer.weight.device, adapter_dtype(self.base_layer)
         if cfg.init_weights:
-            b = torch.zeros(fan_out, device=w.device, dtype=dtype)
-            d = torch.full((cfg.r,), cfg.d_initial, device=w.device, dtype=dtype)
+            b = torch.zeros(fan_out, device=device, dtype=dtype)
+            d = torch.full((cfg.r,), cfg.d_initial, device=device, dtype=dtype)
         else:
-            b = torch.ones(fan_out, device=w.device, dtype=dtype)
-            d = torch.randn(cfg.r).to(device=w.device, dtype=dtype)
+            b = torch.ones(fan_out, device=device, dtype=dtype)
+            d = torch.randn(cfg.r).to(device=device, dtype=dtype)
         self.vera_lambda_b[name] = nn.Parameter(b)
         self.vera_lambda_d[name] = nn.Parameter(d)
         self.vera_dropout[name] = nn.Dropout(cfg.vera_dropout) if cfg.vera_dropout > 0 else nn.Identity()
@@ -143,31 +135,25 @@ class VeraLinear(DeltaLayer):
         self.vera_projections.drop(name)
 
 
-class VeraMethod(Method):
+class VeraMethod(LinearAdapterMethod):
     name = "vera"
+    label = "VeRA"
     config_cls = VeraConfig
+    layer_cls = VeraLinear
 
-    def inject(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, Any]:
-        assert isinstance(config, VeraConfig)
-        targets = resolve_linear_targets(model, config.target_modules, config.exclude_modules, "VeRA")
+    def layer_factory(self, model: nn.Module, name: str, config: VeraConfig,
+                      targets: list[str]) -> Callable[[nn.Module], VeraLinear]:
+        """VeRA layers over one set of frozen projections, drawn for the largest target layer."""
         sizes = [in_out_features(_unwrapped(model.get_submodule(t))) for t in targets]
         largest_in, largest_out = max(s[0] for s in sizes), max(s[1] for s in sizes)
         generator = torch.Generator(device="cpu").manual_seed(config.projection_prng_key)
         a = kaiming_projection((config.r, largest_in), generator)
         b = kaiming_projection((largest_out, config.r), generator)
-        weight = _unwrapped(model.get_submodule(targets[0])).weight
-        dtype = weight.dtype if weight.is_floating_point() else torch.float32
+        first = _unwrapped(model.get_submodule(targets[0]))
+        device, dtype = first.weight.device, adapter_dtype(first)
         projections = _projections_of(model) or VeraProjections()
-        projections.set(name, a.to(weight.device, dtype), b.to(weight.device, dtype))
-        inject_layers(model, targets, VeraLinear, lambda t, m: VeraLinear(m, projections), name, config)
-        return {
-            "target_modules": portable_target_names(model, targets, LINEAR_TYPES),
-            "fan_in_fan_out": any(is_conv1d(model.get_submodule(t).base_layer) for t in targets),
-        }
-
-    def extra_parameters(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, nn.Parameter]:
-        assert isinstance(config, VeraConfig)
-        return trained_biases(model, config.bias, VeraLinear, name)
+        projections.set(name, a.to(device, dtype), b.to(device, dtype))
+        return lambda module: VeraLinear(module, projections)
 
     def _projection_tensors(self, model: nn.Module, name: str) -> dict[str, torch.Tensor]:
         config = require_state(model).configs[name]

@@ -2,19 +2,38 @@
 
 Each adapts ``nn.Linear`` and GPT-2's ``Conv1D`` (weight stored transposed) and computes its update as a matrix in
 the (out_features, in_features) layout; :func:`write_weight` stores such a matrix back into either kind of layer.
-LoKr and VeRA add a delta ``ΔW`` to the weight (:class:`DeltaLayer`); OFT multiplies it by a rotation.
+LoKr and VeRA add a delta ``ΔW`` to the weight (:class:`DeltaLayer`); OFT multiplies it by a rotation. Their
+:class:`LinearAdapterMethod` wraps the configured linear targets in the method's layer and trains the biases that
+the config's ``bias`` option names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from leantune.errors import LeantuneError
-from leantune.methods.base import AdapterLayer, MethodConfig, base_biases, is_conv1d, weight_as_out_in
+from leantune.methods.base import (
+    LINEAR_TYPES,
+    AdapterLayer,
+    Method,
+    MethodConfig,
+    base_biases,
+    is_conv1d,
+    weight_as_out_in,
+)
+from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
 from leantune.models.quantize import is_quantized_layer
+
+
+def adapter_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype of the adapter parameters beside ``layer``: its weight's, float32 beside an integer (quantized)
+    weight."""
+    w = layer.weight
+    return w.dtype if w.is_floating_point() else torch.float32
 
 
 def write_weight(layer: nn.Module, w_out_in: torch.Tensor) -> None:
@@ -53,6 +72,36 @@ def trained_biases(model: nn.Module, bias: str, layer_cls: type[AdapterLayer], n
         for m, mod in model.named_modules()
         if isinstance(mod, layer_cls) and name in mod.adapter_names and mod.base_layer.bias is not None
     }
+
+
+class LinearAdapterMethod(Method):
+    """A method that wraps each target linear layer (``target_modules`` / ``exclude_modules`` of its config) in its
+    ``layer_cls`` and, when its config has peft's ``bias`` option, trains those biases in place."""
+
+    layer_cls: ClassVar[type[AdapterLayer]]
+    label: ClassVar[str]
+    """The method's name in messages (LoKr, OFT, VeRA)."""
+    saves_fan_in_fan_out: ClassVar[bool] = True
+    """Whether peft's config of the method records ``fan_in_fan_out`` (GPT-2's Conv1D layers)."""
+
+    def layer_factory(self, model: nn.Module, name: str, config: Any,
+                      targets: list[str]) -> Callable[[nn.Module], AdapterLayer]:
+        """What wraps one target layer; the class itself unless the layers share something (VeRA)."""
+        return self.layer_cls
+
+    def inject(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, Any]:
+        assert isinstance(config, self.config_cls)
+        targets = resolve_linear_targets(model, config.target_modules, config.exclude_modules, self.label)
+        make = self.layer_factory(model, name, config, targets)
+        inject_layers(model, targets, self.layer_cls, lambda t, m: make(m), name, config)
+        resolved: dict[str, Any] = {"target_modules": portable_target_names(model, targets, LINEAR_TYPES)}
+        if self.saves_fan_in_fan_out:
+            resolved["fan_in_fan_out"] = any(is_conv1d(model.get_submodule(t).base_layer) for t in targets)
+        return resolved
+
+    def extra_parameters(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, nn.Parameter]:
+        bias = config.model_dump(include={"bias"}).get("bias", "none")
+        return trained_biases(model, bias, self.layer_cls, name)
 
 
 # peft options of these methods that change what an adapter computes and that leantune does not implement.
