@@ -362,3 +362,40 @@ def test_to_lora_converts_the_run_and_eval_takes_the_converted_adapter(models, m
     assert cli_main(["export", str(tmp_path / "l"), "--to", "vllm", "--out", str(tmp_path / "v")]) == 0
     assert "--max-lora-rank 64" in capsys.readouterr().out
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,args", [("dora", {"r": 2, "alpha": 4}), ("lokr", {"r": 2})])
+def test_cli_export_to_lora_of_a_trained_run_and_eval_of_it(models, method, args, tmp_path, capsys):
+    """A tiny classification run trained by leantune, converted by `leantune export --to lora` (the real to_lora):
+    at full rank `leantune eval --adapter` scores the converted LoRA as the run itself; at rank 1 the update is
+    approximated and the report says by how much."""
+    from tiny_models import sentiment_rows, write_csv
+
+    from leantune.config import validate_config
+    from leantune.train.loop import fine_tune
+
+    data = write_csv(tmp_path / "sentiment.csv", sentiment_rows(96))
+    run = tmp_path / f"{method}-run"
+    fine_tune(validate_config({
+        "model": models["bert_mean"], "task": "classification", "method": method, "method_args": args,
+        "data": {"train": data, "eval_fraction": 0.25},
+        "train": {"max_steps": 6, "batch_size": 8, "lr": 5e-2, "max_length": 32, "eval_before": False,
+                  "num_threads": 1, "seed": 1},
+        "output_dir": str(run)}), quiet=True)
+
+    def evaluate(*extra: str) -> dict:
+        capsys.readouterr()
+        assert cli_main(["eval", str(run), "--data", data, *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    own = evaluate()
+    assert cli_main(["export", str(run), "--to", "lora", "--rank", "64", "--out", str(tmp_path / "full")]) == 0
+    assert "relative error of the update" in capsys.readouterr().out
+    converted = evaluate("--adapter", str(tmp_path / "full"))
+    assert converted["accuracy"] == own["accuracy"]
+    assert converted["eval_loss"] == pytest.approx(own["eval_loss"], abs=1e-5)
+    low = lt.export_run(run, "lora", tmp_path / "r1", rank=1)
+    assert low.details["relative_error"] > 1e-3  # the trained update has rank above 1 in some layer
+    assert json.loads((tmp_path / "r1" / "adapter_config.json").read_text())["r"] == 1
+    assert set(evaluate("--adapter", str(tmp_path / "r1"))) == set(own)
