@@ -173,6 +173,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
             print()
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve run folders' adapters (and their bases) over an OpenAI-compatible HTTP API."""
+    from leantune.serve.api import serve
+    from leantune.serve.server import ServeOptions, parse_runs
+
+    options = ServeOptions(
+        host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
+        max_adapters=args.max_adapters, max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens=args.max_tokens, api_key=args.api_key, admin_token=args.admin_token, adapter_root=args.adapter_root)
+    serve(parse_runs(args.run_dirs, args.name), options)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Fine-tune the embedded MiniLM on the built-in sentiment sample and report before / after."""
     from leantune.demo import run_demo
@@ -254,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="--to vllm: the adapter's name in vLLM (default: the run folder's name)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve runs' adapters over an OpenAI-compatible HTTP API")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders, served under their folder names")
+    p.add_argument("--name", action="append", default=[], metavar="NAME=RUN_DIR", help="serve RUN_DIR as NAME")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together per base")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests per base before 429")
+    p.add_argument("--max-adapters", type=int, default=None, help="adapters kept in memory (LRU; others reload)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-prompt-tokens", type=int, default=4096)
+    p.add_argument("--max-tokens", type=int, default=1024, help="the largest max_tokens a request may ask for")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (or LEANTUNE_API_KEY)")
+    p.add_argument("--admin-token", default=None,
+                   help="turn on POST/DELETE /v1/adapters for this bearer token (or LEANTUNE_ADMIN_TOKEN)")
+    p.add_argument("--adapter-root", default=None, help="the folder admin-loaded adapters must lie in")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="fine-tune MiniLM on the built-in sentiment sample (about 20 s on 2 idle CPU cores)")
     p.add_argument("--method", default="lora", choices=METHOD_NAMES)

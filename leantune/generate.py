@@ -29,7 +29,7 @@ def eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -61,7 +61,7 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], pad_id: int, stop_i
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
-        token = _sample(logits, temperature, top_p, generator)
+        token = sample_tokens(logits, temperature, top_p, generator)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         new.append(token)
         done |= torch.isin(token, stop)

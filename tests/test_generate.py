@@ -5,7 +5,7 @@ import torch
 from tiny_models import gpt2, llama, randomize_
 
 import leantune as lt
-from leantune.generate import _sample, generate_ids
+from leantune.generate import generate_ids, sample_tokens
 
 PROMPTS = [[5, 9, 11, 30, 7], [8, 40]]
 
@@ -50,9 +50,9 @@ def test_stops_at_eos_and_pads_finished_rows():
 def test_sampling_is_seeded_and_top_p_keeps_the_head():
     logits = torch.tensor([[5.0, 4.0, -10.0, -10.0]])
     g = torch.Generator().manual_seed(0)
-    draws = {int(_sample(logits, 1.0, 0.9, g)) for _ in range(50)}
+    draws = {int(sample_tokens(logits, 1.0, 0.9, g)) for _ in range(50)}
     assert draws <= {0, 1}
-    assert int(_sample(logits, 0.0, 1.0, None)) == 0
+    assert int(sample_tokens(logits, 0.0, 1.0, None)) == 0
 
 
 def test_seq2seq_generation_keeps_prompt_tuning():

@@ -146,6 +146,10 @@ class GenerativeTask(Task):
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.bos + plain_prompt(messages)
 
+    def conversation_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The prompt for a conversation as in training: the system prompt put in front, then the template."""
+        return self.prompt_text(self._with_system(messages))
+
     def _with_system(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         if self.args.system_prompt and not any(m["role"] == "system" for m in messages):
             return [{"role": "system", "content": self.args.system_prompt}, *messages]
@@ -301,7 +305,7 @@ class GenerativeTask(Task):
 
     def generate_examples(self, model: nn.Module, examples: list[Example], **options: Any) -> list[str]:
         """Completions of the examples' prompts; ``options``: max_new_tokens, temperature, top_p, seed."""
-        prompts = [self.prompt_text(self._with_system(e.messages)) for e in examples]
+        prompts = [self.conversation_prompt(e.messages) for e in examples]
         options.setdefault("max_new_tokens", self.args.max_new_tokens)
         return generate(model, self.tokenizer, prompts, batch_size=self.eval_batch_size,
                         add_special_tokens=self.seq2seq, **options)
