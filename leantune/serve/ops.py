@@ -59,6 +59,30 @@ class LoraOp(LayerOp):
 
 
 @dataclass(eq=False)
+class DeltaOp(LayerOp):
+    """A dense weight update (LoKr's ``ΔW = s · w1 ⊗ w2``, computed once at load time): ``y + ΔW x``, as
+    leantune's LoKr layer computes it. Holds one (out × in) matrix per layer: memory of a copy of the layer."""
+
+    delta: torch.Tensor  # (out, in)
+
+    def apply(self, out: torch.Tensor, x: torch.Tensor, s: int, e: int, base: nn.Module) -> None:
+        out[s:e] += F.linear(x[s:e].to(self.delta.dtype), self.delta).to(out.dtype)
+
+
+@dataclass(eq=False)
+class InputRotationOp(LayerOp):
+    """OFT: the rows' input is rotated (block-diagonal orthogonal ``R``) before the frozen layer runs; ``rotate``
+    is leantune's own rotation module, in eval mode."""
+
+    rotate: nn.Module
+    dtype: torch.dtype
+    scales_input = True
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rotate(x.to(self.dtype)).to(x.dtype)
+
+
+@dataclass(eq=False)
 class LoraEmbeddingOp(LayerOp):
     """LoRA (and DoRA) beside an embedding: ``A: r × num_embeddings``, ``B: dim × r``."""
 

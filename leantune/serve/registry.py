@@ -22,7 +22,15 @@ from torch import nn
 
 from leantune.errors import LeantuneError
 from leantune.serve.layers import RowContext, Segment, wrap_model
-from leantune.serve.runs import ServedRun, chat_prompt, load_base, load_tokenizer, make_run_task, read_run
+from leantune.serve.runs import (
+    ServedRun,
+    chat_prompt,
+    load_base,
+    load_tokenizer,
+    make_run_task,
+    meta_model,
+    read_run,
+)
 from leantune.serve.weights import AdapterRejected, AdapterWeights, load_adapter_weights
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
@@ -250,7 +258,8 @@ class Registry:
     # ------------------------------------------------------------------ checks
     def _read(self, adapter: ServedAdapter) -> AdapterWeights:
         base = adapter.base
-        return load_adapter_weights(adapter.run.adapter_dir, base.layers, base.model.config, base.device, base.dtype)
+        return load_adapter_weights(adapter.run.adapter_dir, base.layers, base.model.config, base.device, base.dtype,
+                                    lambda: meta_model(adapter.task, adapter.run.model_path))
 
     @staticmethod
     def _dry_run(base: ServedBase, weights: AdapterWeights) -> None:

@@ -1,29 +1,29 @@
 """Generated token ids to text, piece by piece, with stop strings.
 
-The text of all tokens so far is decoded again at each step (a token may change how the one before it decodes),
-an incomplete UTF-8 character is held back, and so is any tail that could be the start of a stop string: what has
-been streamed never has to be taken back.
+Tokens become text through :class:`leantune.decoding.StreamDecoder` (an incomplete UTF-8 character is held back
+until its last byte arrives, a sentencepiece word decodes as it would in the whole text); on top of that, any tail
+that could be the start of a stop string is held back too, so what has been streamed never has to be taken back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from leantune.decoding import StreamDecoder
+
 
 class TextStream:
     def __init__(self, tokenizer: Any, stop: list[str]) -> None:
-        self.tokenizer = tokenizer
+        self.decoder = StreamDecoder(tokenizer)
         self.stop = [s for s in stop if s]
-        self.ids: list[int] = []
+        self.decoded = ""  # all complete text so far
         self.sent = ""
         self.stopped = False
 
     def push(self, token: int) -> str:
         """Add a token; return the new text that is safe to send (``stopped`` is set when a stop string appears)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""
+        self.decoded += self.decoder.push([token])
+        text = self.decoded
         cut = self._stop_at(text)
         if cut is not None:
             self.stopped = True
@@ -31,12 +31,13 @@ class TextStream:
         return self._send(text[:len(text) - self._held_back(text)])
 
     def finish(self) -> str:
-        """The rest of the text when generation ends for another reason (EOS, length)."""
+        """The rest of the text when generation ends for another reason (EOS, length); a character whose bytes
+        never completed is dropped, as ``leantune generate`` drops it."""
         if self.stopped:
             return ""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = self._stop_at(text)
-        return self._send(text if cut is None else text[:cut])
+        self.decoded += self.decoder.finish()
+        cut = self._stop_at(self.decoded)
+        return self._send(self.decoded if cut is None else self.decoded[:cut])
 
     @property
     def text(self) -> str:

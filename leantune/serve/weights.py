@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ from torch import nn
 from leantune.errors import LeantuneError
 from leantune.serve.layers import is_conv1d
 from leantune.serve.ops import BottleneckOp, IA3Op, LayerOp, LoraEmbeddingOp, LoraOp, ReplaceOp
-from leantune.serve.runs import dense_weight, parse_adapter_config
+from leantune.serve.runs import WEIGHT_UPDATE_PARTS, dense_weight, parse_adapter_config, weight_update_ops
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-SERVABLE_TYPES = ("LORA", "IA3", "BOTTLENECK", "PROMPT_TUNING", "PREFIX_TUNING", "HEAD_ONLY")
+WEIGHT_UPDATE_TYPES = ("LOKR", "OFT", "VERA")
+"""Served through leantune's own layers of the method (see :func:`leantune.serve.runs.weight_update_ops`)."""
+SERVABLE_TYPES = ("LORA", "IA3", "BOTTLENECK", "PROMPT_TUNING", "PREFIX_TUNING", "HEAD_ONLY", *WEIGHT_UPDATE_TYPES)
 
 
 class AdapterRejected(LeantuneError):
@@ -72,15 +75,18 @@ def read_config(folder: Path) -> dict[str, Any]:
         parse_adapter_config(folder)  # leantune's own validation of every field
     except LeantuneError as e:
         raise AdapterRejected(str(e)) from None
-    if peft_type == "LORA" and raw.get("bias", "none") != "none":
+    if peft_type in ("LORA", *WEIGHT_UPDATE_TYPES) and raw.get("bias", "none") != "none":
         raise AdapterRejected(f"{cfg_file}: bias={raw['bias']!r} trains the base model's biases, which other adapters "
                               "share; export it merged instead.")
     return raw
 
 
 def load_adapter_weights(folder: Path, layers: dict[str, nn.Module], model_config: Any,
-                         device: torch.device, dtype: torch.dtype) -> AdapterWeights:
-    """Read and check the adapter in ``folder`` against the base whose servable ``layers`` are given by name."""
+                         device: torch.device, dtype: torch.dtype,
+                         skeleton: Callable[[], nn.Module] | None = None) -> AdapterWeights:
+    """Read and check the adapter in ``folder`` against the base whose servable ``layers`` are given by name.
+    ``skeleton`` makes a model of the base's architecture (its weights may be on the meta device): LoKr, OFT and
+    VeRA adapters are loaded into one by leantune's own layers of the method (:func:`weight_update_ops`)."""
     raw = read_config(folder)
     weights_file = folder / WEIGHTS_NAME
     if not weights_file.is_file():
@@ -107,6 +113,8 @@ def load_adapter_weights(folder: Path, layers: dict[str, nn.Module], model_confi
         _ia3(reader, adapter, prefix)
     elif raw["peft_type"] == "BOTTLENECK":
         _bottleneck(raw, reader, adapter, prefix)
+    elif raw["peft_type"] in WEIGHT_UPDATE_TYPES:
+        _weight_update(reader, adapter, prefix, folder, skeleton, device, dtype)
     reader.check_all_used()
     if not adapter.ops and adapter.virtual is None:
         raise AdapterRejected(f"{weights_file}: no adapter weights in the file.")
@@ -208,6 +216,27 @@ def _ia3(reader: _Reader, adapter: AdapterWeights, prefix: str) -> None:
         else:
             reader.expect(key, vec, (1, fan_in))
             adapter.ops[name] = IA3Op(vec.flatten(), feedforward=True)
+
+
+def _weight_update(reader: _Reader, adapter: AdapterWeights, prefix: str, folder: Path,
+                   skeleton: Callable[[], nn.Module] | None, device: torch.device, dtype: torch.dtype) -> None:
+    """LoKr, OFT, VeRA: the layers the file adapts, then their ops from leantune's own method layers (which check
+    every key and shape as ``lt.load_adapter`` does)."""
+    names = sorted({name for name in reader.layers for key in reader.tensors if key.startswith(f"{prefix}{name}.")
+                    and key[len(prefix) + len(name) + 1:].startswith(WEIGHT_UPDATE_PARTS)})
+    unknown = [k for k in reader.tensors if k.startswith(prefix) and not any(k.startswith(f"{prefix}{n}.") for n in names)
+               and k.rpartition(".")[2].startswith(WEIGHT_UPDATE_PARTS)]
+    if unknown:
+        raise AdapterRejected(f"{reader.source}: {unknown[:3]} name layers the base model does not have "
+                              "(was it trained on another base?).")
+    if skeleton is None:
+        raise AdapterRejected(f"{reader.source}: a {adapter.method} adapter is served through a model skeleton, and "
+                              "none was given.")
+    try:
+        adapter.ops.update(weight_update_ops(skeleton(), folder, reader.layers, names, device, dtype))
+    except LeantuneError as e:
+        raise AdapterRejected(str(e)) from None
+    reader.tensors.clear()  # every key was checked by lt.load_adapter
 
 
 def _bottleneck(raw: dict[str, Any], reader: _Reader, adapter: AdapterWeights, prefix: str) -> None:

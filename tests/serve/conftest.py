@@ -35,6 +35,9 @@ GENERATIVE = {  # name -> (method, method_args)
     "prompt": ("prompt", {"num_virtual_tokens": 3}),
     "prefix": ("prefix", {"num_virtual_tokens": 3}),
     "bottleneck": ("bottleneck", {"bottleneck_size": 8}),
+    "lokr": ("lokr", {"r": 4}),
+    "oft": ("oft", {"oft_block_size": 8}),
+    "vera": ("vera", {"r": 8}),
 }
 
 
@@ -55,7 +58,7 @@ class LiveServer:
     def __init__(self, server) -> None:
         import uvicorn
 
-        from leantune.serve.api import create_app
+        from leantune.serve import create_app
 
         self.server = server
         with socket.socket() as s:
@@ -109,11 +112,11 @@ def serve_runs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def live(serve_runs):
-    from leantune.serve.server import ServeOptions, Server
+    from leantune.serve import build_server
 
     names = [*GENERATIVE, "sentiment", "topics", "qa"]
-    options = ServeOptions(max_batch=16, max_prompt_tokens=200, max_tokens=40, max_body_bytes=20_000,
-                           admin_token=ADMIN, adapter_root=str(serve_runs["root"]))
-    server = LiveServer(Server([(n, str(serve_runs[n])) for n in names], options))
+    server = LiveServer(build_server({n: serve_runs[n] for n in names}, max_batch=16, max_prompt_tokens=200,
+                                     max_tokens=40, max_body_bytes=20_000, admin_token=ADMIN,
+                                     adapter_root=str(serve_runs["root"])))
     yield server
     server.stop()

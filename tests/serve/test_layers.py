@@ -21,6 +21,9 @@ METHODS = {
                                                            "c_attn", "query"]}),
     "ia3": ("ia3", {}),
     "bottleneck": ("bottleneck", {"bottleneck_size": 4}),
+    "lokr": ("lokr", {"r": 4}),
+    "oft": ("oft", {"oft_block_size": 4}),
+    "vera": ("vera", {"r": 4}),
 }
 
 
@@ -46,7 +49,7 @@ def test_one_batch_of_mixed_adapters_equals_each_adapter_alone(arch, tmp_path):
         reference = _saved(arch, method, tmp_path / method, seed=i)
         references.append(reference)
         weights.append(load_adapter_weights(tmp_path / method, layers, served.config, torch.device("cpu"),
-                                            torch.float32))
+                                            torch.float32, skeleton=FACTORIES[arch]))
     ids = torch.randint(3, 90, (2 * len(METHODS) + 1, 6), generator=torch.Generator().manual_seed(0))
     segments = [Segment(w.ops, 1 + 2 * i, 3 + 2 * i) for i, w in enumerate(weights)]  # row 0: the base
     with torch.no_grad(), ctx.use(segments):
