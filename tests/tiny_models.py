@@ -98,8 +98,9 @@ POSITIVE = ["great", "good", "lovely", "excellent", "superb"]
 NEGATIVE = ["bad", "awful", "terrible", "poor", "boring"]
 
 
-def save_tiny_bert(folder, pooling: str | None = None) -> str:
-    """A tiny random BERT with a real WordPiece tokenizer in ``folder`` (optionally a sentence-transformers one)."""
+def save_tiny_bert(folder, pooling: str | None = None, extra_vocab: tuple[str, ...] = ()) -> str:
+    """A tiny random BERT with a real WordPiece tokenizer in ``folder`` (optionally a sentence-transformers one;
+    ``extra_vocab``: more tokens, e.g. Chinese characters, which BERT's tokenizer splits one by one)."""
     import json
     from pathlib import Path
 
@@ -107,7 +108,7 @@ def save_tiny_bert(folder, pooling: str | None = None) -> str:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *extra_vocab]
     BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

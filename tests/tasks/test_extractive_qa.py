@@ -1,5 +1,6 @@
 """Extractive QA: windows with a stride, span targets, best-span search across windows, offsets back to text."""
 
+import pytest
 import torch
 from tiny_models import save_tiny_bert
 
@@ -80,3 +81,67 @@ def test_records_without_context_or_question_are_bad_rows(tmp_path):
     skipping = task("skip")
     assert len(skipping.read(str(path), "train")) == 3
     assert list(skipping.report["bad_rows_skipped"].values())[0]["rows"] == 1
+
+
+ZH_CONTEXTS = ["《红楼梦》的作者是曹雪芹，成书于清代。", "北京大学创办于1898年，位于北京。"]
+ZH_QAS = [[{"id": "a", "question": "红楼梦的作者是谁？", "answers": [{"text": "曹雪芹", "answer_start": 9}]}],
+          [{"id": "b", "question": "北京大学创办于哪一年？", "answers": [{"text": "1898年", "answer_start": 6}]}]]  # off: 7
+
+
+def _cmrc_file(path):
+    import json
+
+    data = [{"title": f"t{i}", "paragraphs": [{"context": c, "qas": q}]}
+            for i, (c, q) in enumerate(zip(ZH_CONTEXTS, ZH_QAS, strict=True))]
+    path.write_text(json.dumps({"version": "v1.0", "data": data}, ensure_ascii=False), encoding="utf-8")
+    return str(path)
+
+
+class SpanOracle(torch.nn.Module):
+    """A span head that points at fixed (start, end) token positions for each input row."""
+
+    def __init__(self, spans: dict[tuple[int, ...], tuple[int, int]]) -> None:
+        super().__init__()
+        self.spans = spans
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        from types import SimpleNamespace
+
+        start, end = torch.zeros(input_ids.shape), torch.zeros(input_ids.shape)
+        for row, ids in enumerate(input_ids.tolist()):
+            s, e = self.spans.get(tuple(i for i in ids if i != 0), (0, 0))
+            start[row, s], end[row, e] = 10.0, 10.0
+        return SimpleNamespace(start_logits=start, end_logits=end)
+
+
+def test_chinese_through_the_extractive_path_is_scored_by_character(tmp_path):
+    from leantune.config import validate_config
+    from leantune.tasks.extractive_qa import ExtractiveQATask
+    from leantune.train.loop import fine_tune
+
+    chars = sorted({ch for text in ZH_CONTEXTS + [q["question"] for qs in ZH_QAS for q in qs] for ch in text})
+    folder = save_tiny_bert(tmp_path / "bert", extra_vocab=tuple(c for c in chars if not c.isdigit()) + ("1898",))
+    data = _cmrc_file(tmp_path / "cmrc.json")
+    cfg = validate_config({"model": folder, "task": "extractive_qa", "method": "lora", "method_args": {"r": 2},
+                           "data": {"train": data, "eval": data, "format": "squad"},
+                           "train": {"max_length": 64, "max_steps": 2, "batch_size": 2, "eval_before": False},
+                           "output_dir": str(tmp_path / "run")})
+    task = ExtractiveQATask(cfg, load_tokenizer(folder), None)
+    train_f, eval_f = task.prepare()
+    assert task.report["answer_positions"] == {"answer_start re-located to the answer text": 1}
+    # the span targets cover exactly the Chinese answers (character tokens mapped back through the offsets)
+    spans = {}
+    for f, rec, text in zip(train_f, task.eval_records, ["曹雪芹", "1898年"], strict=True):
+        offsets = task.tokenizer(rec["question"], rec["context"], return_offsets_mapping=True)["offset_mapping"]
+        s, e = f["start_positions"], f["end_positions"]
+        assert rec["context"][offsets[s][0]:offsets[e][1]] == text
+        spans[tuple(f["input_ids"])] = (s, e)
+    exact = task.evaluate(SpanOracle(spans), eval_f, torch.device("cpu"))
+    assert exact == {"exact_match": 100.0, "f1": 100.0, "qa_scorer": "cmrc_char"}
+    # one character too many on the first answer: 曹雪芹， has no extra token (punctuation is dropped) but
+    # 曹雪芹，成 has 4 against 3 -> P 3/4, R 1 -> F1 6/7; the second stays exact
+    (s, e), key = spans[tuple(train_f[0]["input_ids"])], tuple(train_f[0]["input_ids"])
+    longer = task.evaluate(SpanOracle({**spans, key: (s, e + 2)}), eval_f, torch.device("cpu"))
+    assert longer["exact_match"] == 50.0 and longer["f1"] == pytest.approx(100 * (6 / 7 + 1) / 2)
+    result = fine_tune(cfg, quiet=True)  # the training path with Chinese windows and a span head
+    assert result.after["qa_scorer"] == "cmrc_char" and result.steps == 2
