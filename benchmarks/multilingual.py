@@ -2,6 +2,7 @@
 
     nice -n 19 python benchmarks/multilingual.py --out /work/multi-out [--runs cls-gemma-lora,...] [sizes]
     python benchmarks/multilingual.py --tiny --out /tmp/multi-tiny     # dry run: tiny random models and data
+    python benchmarks/multilingual.py --collect --out /work/multi-out   # one table from runs made in pieces
 
 Three parts, each run in its own process (own peak RSS), pinned to ``--threads``:
 - ChnSentiCorp sentiment (test accuracy): Gemma 3 LoRA and head-only (last real token), MiniLM LoRA for contrast;
@@ -300,18 +301,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="ChnSentiCorp and translation")
     p.add_argument("--max-length", type=int, default=128, help="ChnSentiCorp and translation")
     p.add_argument("--cls-train", type=int, default=2000)
-    p.add_argument("--cls-steps", type=int, default=100)
-    p.add_argument("--cls-test", type=int, default=300)
+    p.add_argument("--cls-steps", type=int, default=30)
+    p.add_argument("--cls-test", type=int, default=200)
     p.add_argument("--mt-train", type=int, default=800)
-    p.add_argument("--mt-steps", type=int, default=100)
-    p.add_argument("--mt-test", type=int, default=100)
-    p.add_argument("--mt-new-tokens", type=int, default=48)
+    p.add_argument("--mt-steps", type=int, default=30)
+    p.add_argument("--mt-test", type=int, default=50)
+    p.add_argument("--mt-new-tokens", type=int, default=40)
     p.add_argument("--qa-train", type=int, default=400)
-    p.add_argument("--qa-steps", type=int, default=50)
+    p.add_argument("--qa-steps", type=int, default=20)
     p.add_argument("--qa-batch-size", type=int, default=4)
-    p.add_argument("--qa-max-length", type=int, default=512)
-    p.add_argument("--qa-test", type=int, default=200)
+    p.add_argument("--qa-max-length", type=int, default=384)
+    p.add_argument("--qa-test", type=int, default=100)
     p.add_argument("--qa-new-tokens", type=int, default=16)
+    p.add_argument("--collect", action="store_true", help="print the table of every results.jsonl under --out "
+                   "(runs made in pieces, with the same sizes)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -323,20 +326,25 @@ def main(argv: list[str] | None = None) -> None:
         child(a.one, a)
         return
     out = Path(a.out)
+    if a.collect:  # the table of runs made in pieces: every results.jsonl under --out
+        rows = [json.loads(line) for f in sorted(out.rglob("results.jsonl")) for line in f.read_text().splitlines()]
+        print(table(rows, a))
+        return
     out.mkdir(parents=True, exist_ok=True)
-    extra = [x for x in argv if x not in ("--tiny",)]
     if a.tiny:
         os.environ["LEANTUNE_CACHE"] = str(out / "cache")  # the tiny GGUF is converted there, not in the user's cache
         data, gemma, minilm = tiny_assets(out / "tiny")
-        extra += [*TINY_SIZES, "--data", data, "--gemma", gemma, "--minilm", minilm]
-        a = parse(extra)
+        a = parse([x for x in argv if x != "--tiny"] + [*TINY_SIZES, "--data", data, "--gemma", gemma,
+                                                          "--minilm", minilm])
     elif not (Path(a.data) / "chnsenticorp" / "train.tsv").is_file():
         print(f"The Chinese data is not under {a.data}: skipping (see ../shared/data/README.md).")
         return
     unknown = set(a.runs.split(",")) - set(RUNS)
     if unknown:
         raise SystemExit(f"unknown runs {sorted(unknown)}; choose from {', '.join(RUNS)}")
-    rows = run_children(__file__, a.runs.split(","), extra, out)
+    settings = [x for key, value in vars(a).items() if key not in ("one", "tiny", "collect")
+                for x in (f"--{key.replace('_', '-')}", str(value))]  # every size, so the children agree
+    rows = run_children(__file__, a.runs.split(","), settings, out)
     text = table(rows, a)
     (out / "table.md").write_text(text + "\n", encoding="utf-8")
     print("\n" + text)
