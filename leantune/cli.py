@@ -199,6 +199,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(export_run(args.run_dir, args.to, args.out, rank=args.rank, name=args.name, overwrite=args.overwrite))
 
 
+def cmd_ui(args: argparse.Namespace) -> None:
+    """Serve the dashboard over the run folders under ``--runs``."""
+    from leantune.ui.server import serve_ui
+
+    serve_ui(args.runs, args.host, args.port, args.allow)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leantune", description="Parameter-efficient fine-tuning of language models.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
@@ -289,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ui", help="a web dashboard over the run folders: watch, launch, stop, compare, try")
+    p.add_argument("--runs", default="runs", help="the folder holding the run folders (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--allow", action="append", default=[], metavar="PATH",
+                   help="also launch config files under PATH (default: only under the runs folder's parent and "
+                        "the bundled examples)")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("methods", help="trainable parameters of every method on a model")
     p.add_argument("--model", default="minilm", help="alias (minilm, smollm2), local folder or hub id")

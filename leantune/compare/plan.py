@@ -15,6 +15,7 @@ from leantune.errors import LeantuneError
 from leantune.methods.registry import METHOD_NAMES, REGISTRY, method_spec
 from leantune.train.checkpoints import candidates
 from leantune.train.resume import RESUMABLE_CHANGES, changed_keys
+from leantune.train.status import ERROR_FILE
 
 DEFAULT_LR: dict[str, float] = {
     "head": 1e-2, "lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "prompt": 3e-2, "prefix": 3e-2, "bottleneck": 1e-3,
@@ -26,9 +27,6 @@ are starting points not yet measured there (LoRA's rate, and 10x for VeRA's scal
 HARMLESS_CHANGES = {"train.num_threads", "train.log_every", "train.save_every", "train.keep_last",
                     "train.max_nonfinite_steps", "train.spike_factor"}
 """Config changes that leave a finished run's result as it is (it is not trained again)."""
-
-ERROR_FILE = "error.txt"
-"""Written into a method's run folder when its run failed: the error line, then the end of its log."""
 
 RunState = Literal["finished", "interrupted", "stale", "new"]
 

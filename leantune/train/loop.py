@@ -35,6 +35,7 @@ from leantune.train.guards import SpikeDetector, StopRequest, TrainingInterrupte
 from leantune.train.logger import plot_run
 from leantune.train.memory import heap_trimmer, peak_memory
 from leantune.train.setup import Run, setup_run
+from leantune.train.status import mark_ended
 
 
 @dataclass
@@ -55,12 +56,24 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
     """Run one fine-tune as ``cfg`` describes and write its run folder; ``resume`` continues it from its newest
     good checkpoint, exactly where it stopped."""
     dist = init_distributed(cfg.distributed.strategy, cfg.distributed.backend)
+    run_dir = Path(cfg.output_dir)
     try:
         run = setup_run(cfg, dist, overwrite=overwrite, quiet=quiet, resume=resume)
         train_seconds = fit(run)
-        return finish(run, train_seconds)
+        result = finish(run, train_seconds)
+    except TrainingInterrupted as e:
+        if dist.main:
+            mark_ended(run_dir, "interrupted", e)
+        raise
+    except BaseException as e:
+        if dist.main:
+            mark_ended(run_dir, "failed", e)
+        raise
     finally:
         shutdown(dist)
+    if dist.main:
+        mark_ended(run_dir, "finished")
+    return result
 
 
 # ------------------------------------------------------------------------------------------------- train

@@ -38,6 +38,7 @@ from leantune.train.distributed import Dist, unwrap, wrap_model
 from leantune.train.logger import RunLogger
 from leantune.train.optim import build_optimizer, build_scheduler
 from leantune.train.resume import find_resume_point
+from leantune.train.status import mark_running, update_running
 
 
 @dataclass
@@ -106,6 +107,8 @@ def setup_run(cfg: RunConfig, dist: Dist | None = None, overwrite: bool = False,
               scheduler=build_scheduler(optimizer, total_steps, warmup, tc.schedule), total_steps=total_steps,
               metric=metric, higher_is_better=task.higher_is_better(metric),
               logger=RunLogger(run_dir, total_steps, quiet or not dist.main, enabled=dist.main), state=LoopState())
+    if dist.main:
+        update_running(run_dir, total_steps=total_steps, start_step=checkpoint.state.step if checkpoint else 0)
     if checkpoint is None:
         start_fresh(run)
     else:
@@ -120,6 +123,7 @@ def open_run_dir(run_dir: Path, cfg: RunConfig, dist: Dist, overwrite: bool, res
         prepare_output_dir(run_dir, overwrite)
     dist.barrier()
     if dist.main:
+        mark_running(run_dir, world=dist.world)
         warn_if_low_disk(run_dir)
     return checkpoint
 

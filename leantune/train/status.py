@@ -1,0 +1,103 @@
+"""A run folder's ``status.json``: which process trains it, and how that process ended (finished, interrupted, or
+failed with its error line and the end of its traceback), so that a dashboard or a script can tell a running run
+from a dead one by reading the folder and checking the process, never by remembering.
+
+Written atomically by the first process of the run; a process only ever records the end of a run it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from leantune.errors import LeantuneError
+from leantune.files import atomic_write_text
+
+STATUS_FILE = "status.json"
+ERROR_FILE = "error.txt"
+"""Written by ``leantune compare`` into a method's run folder when its run failed: the error line, then the end of
+its log."""
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """The run's status record ({} when it has none or it cannot be read)."""
+    try:
+        data = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def mark_running(run_dir: Path, **fields: Any) -> None:
+    """Record that this process trains the run now (pid, host, command line, start time, and ``fields``)."""
+    record = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
+              "started": time.time(), **fields}
+    atomic_write_text(run_dir / STATUS_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def update_running(run_dir: Path, **fields: Any) -> None:
+    """Add ``fields`` (e.g. the run's total steps) to the record of the run this process trains."""
+    record = read_status(run_dir)
+    if record.get("pid") == os.getpid():
+        atomic_write_text(run_dir / STATUS_FILE, json.dumps({**record, **fields}, indent=1) + "\n")
+
+
+def mark_ended(run_dir: Path, status: str, error: BaseException | None = None) -> None:
+    """Record how the run this process trains ended: ``finished``, ``interrupted`` or ``failed`` (with the error
+    line and the last lines of the traceback). Does nothing when this process did not start the run's record
+    (e.g. it refused to write into a folder that holds another run)."""
+    record = read_status(run_dir)
+    if record.get("pid") != os.getpid() or record.get("status") != "running":
+        return
+    record.update(status=status, ended=time.time())
+    if error is not None:
+        record["error"] = error_line(error)
+        record["traceback"] = traceback.format_exception(error)[-12:]
+    atomic_write_text(run_dir / STATUS_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def error_line(error: BaseException) -> str:
+    """One line that says what went wrong: leantune's own message, else the exception's type and message."""
+    if isinstance(error, LeantuneError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    return f"{type(error).__name__}: {error}"
+
+
+def is_running(record: dict[str, Any]) -> bool:
+    """Whether the process a status record names still trains the run: on this host, alive, and (where /proc
+    shows it) still running the same command line, not another program that got the pid since."""
+    if record.get("status") != "running" or record.get("host") not in (None, socket.gethostname()):
+        return False
+    pid = record.get("pid")
+    if not process_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return True
+    tail = [str(a) for a in record.get("argv", [])[1:]]
+    return not tail or cmdline[-len(tail):] == tail
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` is alive on this machine (a zombie, exited but not yet reaped, counts as dead)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: kill(0) said it exists

@@ -1,0 +1,109 @@
+"""The dashboard's web app: server-rendered pages (Jinja2) whose scripts poll JSON endpoints; every answer is read
+from the run folders at the time of the request. Errors come back as ``{"error": ...}`` and show in the page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
+
+from leantune.errors import LeantuneError
+from leantune.ui.compare_view import compare_runs
+from leantune.ui.detail import run_detail
+from leantune.ui.launch import Launcher
+from leantune.ui.runs import list_runs, resolve_run
+
+HERE = Path(__file__).resolve().parent
+
+
+class LaunchRequest(BaseModel):
+    config: str
+    overrides: list[str] = []
+    nproc: int = 1
+    overwrite: bool = False
+
+
+class ResumeRequest(BaseModel):
+    max_steps: int | None = None
+
+
+def create_app(runs: Path, allow: list[Path] | None = None, playground: Any = None) -> FastAPI:
+    """The dashboard over the run folders under ``runs``; launches accept configs under ``runs``' parent and
+    ``allow``. ``playground``: the serving engine's adapters (see :mod:`leantune.ui.playground`)."""
+    root = Path(runs).resolve()
+    launcher = Launcher(root, [Path(p) for p in allow or []])
+    app = FastAPI(title="leantune ui", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.launcher = launcher
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.exception_handler(LeantuneError)
+    async def leantune_error(request: Request, exc: LeantuneError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(KeyError)
+    async def unknown_run(request: Request, exc: KeyError) -> JSONResponse:
+        return JSONResponse({"error": f"no run {exc.args[0]!r} under {root}"}, status_code=404)
+
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    def page(request: Request, template: str, **context: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, template, {"root": str(root), **context})
+
+    # ------------------------------------------------------------------------------------------ pages
+    @app.get("/", response_class=HTMLResponse)
+    def runs_page(request: Request) -> HTMLResponse:
+        return page(request, "runs.html", configs=launcher.configs())
+
+    @app.get("/run/{name:path}", response_class=HTMLResponse)
+    def run_page(request: Request, name: str) -> HTMLResponse:
+        return page(request, "run.html", name=name)
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare_page(request: Request, runs: Annotated[list[str] | None, Query()] = None) -> HTMLResponse:
+        return page(request, "compare.html", runs=runs or [])
+
+    # ------------------------------------------------------------------------------------------ JSON
+    @app.get("/api/runs")
+    def api_runs() -> dict[str, Any]:
+        return {"runs": [r.as_dict() for r in list_runs(root)], "launches": launcher.launches()}
+
+    @app.get("/api/run/{name:path}")
+    def api_run(name: str) -> dict[str, Any]:
+        run_dir = resolve_run(root, name)
+        return run_detail(root, run_dir, launcher.log_for(run_dir))
+
+    @app.post("/api/launch")
+    def api_launch(req: LaunchRequest) -> dict[str, Any]:
+        overrides = [o.strip() for o in req.overrides if o.strip()]
+        return launcher.train(req.config, overrides, req.nproc, req.overwrite)
+
+    @app.post("/api/stop/{name:path}")
+    def api_stop(name: str) -> dict[str, Any]:
+        return {"stopped": launcher.stop(resolve_run(root, name))}
+
+    @app.post("/api/resume/{name:path}")
+    def api_resume(name: str, req: ResumeRequest) -> dict[str, Any]:
+        return launcher.resume(resolve_run(root, name), req.max_steps)
+
+    @app.get("/api/compare")
+    def api_compare(runs: Annotated[list[str] | None, Query()] = None) -> dict[str, Any]:
+        return compare_runs(root, [(name, resolve_run(root, name)) for name in runs or []])
+
+    @app.get("/compare-files/{key}/{file}")
+    def compare_file(key: str, file: str) -> FileResponse:
+        path = (root / ".ui" / "compare" / key / file).resolve()
+        if not path.is_relative_to(root / ".ui" / "compare") or not path.is_file():
+            raise KeyError(f"compare file {key}/{file}")
+        return FileResponse(path)
+
+    if playground is not None:
+        playground.mount(app, page)
+    return app

@@ -1,0 +1,27 @@
+"""``leantune ui``: the dashboard served by uvicorn, on 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from leantune.errors import LeantuneError
+
+
+def serve_ui(runs: str, host: str = "127.0.0.1", port: int = 7860, allow: list[str] | None = None) -> None:
+    """Serve the dashboard over ``runs`` until interrupted."""
+    try:
+        import uvicorn
+
+        from leantune.ui.app import create_app
+    except ImportError as e:
+        raise LeantuneError(f"leantune ui needs the [ui] extra ({e.name} is missing): pip install 'leantune[ui]'") \
+            from None
+    root = Path(runs)
+    root.mkdir(parents=True, exist_ok=True)
+    app = create_app(root, [Path(a) for a in allow or []])
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: the dashboard can launch and stop training runs; it is open to every machine that reaches "
+              f"{host}:{port}.", file=sys.stderr)
+    print(f"leantune ui: http://{host}:{port}/  (runs: {root.resolve()})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,86 @@
+"""The dashboard's reading of run folders without a browser: statuses from the files and the process, the
+allowed config files, and the folder a run is resumed from."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from leantune.errors import LeantuneError
+from leantune.ui.launch import Launcher, _start_folder
+from leantune.ui.runs import find_runs, resolve_run, run_status
+
+
+def _run(root: Path, name: str, *, status: dict | None = None, metrics: bool = False, checkpoint: bool = False,
+         error: str | None = None) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(f"task: classification\noutput_dir: {d}\n")
+    if status is not None:
+        (d / "status.json").write_text(json.dumps(status))
+    if metrics:
+        (d / "metrics.json").write_text('{"accuracy": 0.9}')
+        (d / "adapter").mkdir()
+    if checkpoint:
+        (d / "checkpoints" / "step-0000005").mkdir(parents=True)
+        (d / "checkpoints" / "latest").write_text("step-0000005\n")
+    if error is not None:
+        (d / "error.txt").write_text(error + "\n\nlog tail\n")
+    return d
+
+
+def test_status_from_files_when_there_is_no_record(tmp_path):
+    assert run_status(_run(tmp_path, "a", metrics=True)) == ("finished", None)
+    assert run_status(_run(tmp_path, "b", checkpoint=True)) == ("interrupted", None)
+    assert run_status(_run(tmp_path, "c", error="prefix needs a decoder")) == ("failed", "prefix needs a decoder")
+    assert run_status(_run(tmp_path, "d"))[0] == "failed"
+
+
+def test_a_running_record_whose_process_is_gone(tmp_path):
+    dead = {"status": "running", "pid": 2**22 + 12345, "argv": ["leantune", "train"]}
+    status, why = run_status(_run(tmp_path, "a", status=dead, checkpoint=True))
+    assert status == "interrupted" and "ended without recording a result" in why
+    assert run_status(_run(tmp_path, "b", status=dead))[0] == "failed"
+    assert run_status(_run(tmp_path, "c", status={"status": "failed", "error": "boom"})) == ("failed", "boom")
+
+
+def test_run_folders_are_found_and_names_cannot_leave_the_runs_folder(tmp_path):
+    _run(tmp_path / "runs", "x")
+    _run(tmp_path / "runs", "cmp/runs/lora", metrics=True)
+    (tmp_path / "runs" / "x" / "checkpoints" / "step-1").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "checkpoints" / "step-1" / "config.yaml").write_text("{}")
+    root = tmp_path / "runs"
+    assert [p.relative_to(root).as_posix() for p in find_runs(root)] == ["cmp/runs/lora", "x"]
+    assert resolve_run(root, "cmp/runs/lora") == (root / "cmp/runs/lora").resolve()
+    for bad in ("..", "../runs/../..", "x/checkpoints/step-1", "nope"):
+        with pytest.raises(KeyError):
+            resolve_run(root, bad)
+
+
+def test_only_configs_under_allowed_folders_are_launched(tmp_path):
+    root = tmp_path / "work" / "runs"
+    root.mkdir(parents=True)
+    ok = tmp_path / "work" / "a.yaml"
+    ok.write_text("{}")
+    outside = tmp_path / "other" / "b.yaml"
+    outside.parent.mkdir()
+    outside.write_text("{}")
+    launcher = Launcher(root, [])
+    assert launcher.check_config(str(ok)) == ok.resolve()
+    with pytest.raises(LeantuneError, match="not under an allowed folder"):
+        launcher.check_config(str(outside))
+    with pytest.raises(LeantuneError, match="not under an allowed folder"):
+        launcher.check_config(str(tmp_path / "work" / ".." / "other" / "b.yaml"))
+    assert Launcher(root, [outside.parent]).check_config(str(outside)) == outside.resolve()
+    assert str(ok.resolve()) in launcher.configs()
+
+
+def test_a_run_resumes_from_the_folder_it_was_started_in(tmp_path):
+    run = tmp_path / "proj" / "runs" / "a"
+    assert _start_folder(run, Path("runs/a")) == tmp_path / "proj"
+    assert _start_folder(run, run) == Path(os.getcwd())
+    with pytest.raises(LeantuneError, match="moved"):
+        _start_folder(run, Path("runs/b"))
