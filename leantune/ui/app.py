@@ -3,6 +3,8 @@ from the run folders at the time of the request. Errors come back as ``{"error":
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,11 +13,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from leantune.errors import LeantuneError
 from leantune.ui.compare_view import compare_runs
 from leantune.ui.detail import run_detail
 from leantune.ui.launch import Launcher
+from leantune.ui.playground import MOUNT, Playground, served_name
 from leantune.ui.runs import list_runs, resolve_run
 
 HERE = Path(__file__).resolve().parent
@@ -32,13 +36,25 @@ class ResumeRequest(BaseModel):
     max_steps: int | None = None
 
 
-def create_app(runs: Path, allow: list[Path] | None = None, playground: Any = None) -> FastAPI:
+class ServeRequest(BaseModel):
+    runs: list[str]
+
+
+def create_app(runs: Path, allow: list[Path] | None = None) -> FastAPI:
     """The dashboard over the run folders under ``runs``; launches accept configs under ``runs``' parent and
-    ``allow``. ``playground``: the serving engine's adapters (see :mod:`leantune.ui.playground`)."""
+    ``allow``; the playground serves picked runs with leantune serve's engine at ``/serve``."""
     root = Path(runs).resolve()
     launcher = Launcher(root, [Path(p) for p in allow or []])
-    app = FastAPI(title="leantune ui", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.launcher = launcher
+    playground = Playground()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(playground.close)
+        launcher.close()
+
+    app = FastAPI(title="leantune ui", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.launcher, app.state.playground = launcher, playground
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
@@ -104,6 +120,20 @@ def create_app(runs: Path, allow: list[Path] | None = None, playground: Any = No
             raise KeyError(f"compare file {key}/{file}")
         return FileResponse(path)
 
-    if playground is not None:
-        playground.mount(app, page)
+    @app.get("/playground", response_class=HTMLResponse)
+    def playground_page(request: Request) -> HTMLResponse:
+        return page(request, "playground.html", mount=MOUNT)
+
+    @app.get("/api/playground")
+    def api_playground() -> dict[str, Any]:
+        finished = [r for r in list_runs(root) if r.status == "finished"]
+        return {"served": playground.runs,
+                "runs": [{"name": r.name, "served_as": served_name(r.name), "task": r.task, "method": r.method,
+                          "model": r.model} for r in finished]}
+
+    @app.post("/api/playground/serve")
+    def api_playground_serve(req: ServeRequest) -> dict[str, Any]:
+        return {"served": playground.serve([(name, resolve_run(root, name)) for name in req.runs])}
+
+    app.mount(MOUNT, playground)
     return app

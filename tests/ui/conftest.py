@@ -55,6 +55,37 @@ def runs_env(tmp_path_factory):
             proc.wait()
 
 
+@pytest.fixture(scope="session")
+def generative_runs(runs_env):
+    """Two more finished runs in the runs folder: an instruction run on a tiny Llama (sample predictions beside
+    references) and an extractive QA run on a tiny BERT."""
+    import json
+
+    from tiny_models import save_tiny_bert, save_tiny_llama
+
+    tmp, runs = runs_env["tmp"], runs_env["runs"]
+    colors = ["red", "blue", "green"]
+    rows = [{"instruction": f"What colour is item {i}?", "output": colors[i % 3]} for i in range(40)]
+    (tmp / "inst.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx = "the red house is big . the blue dog is small ."
+    squad = {"data": [{"title": f"t{k}", "paragraphs": [{"context": ctx, "qas": [
+        {"id": f"{k}", "question": "what is small", "answers": [{"text": "blue dog",
+                                                                  "answer_start": ctx.index("blue dog")}]}]}]}
+        for k in range(10)]}
+    (tmp / "squad.json").write_text(json.dumps(squad))
+    llama = save_tiny_llama(tmp / "llama", [r["instruction"] for r in rows] + colors + [ctx])
+    bert = save_tiny_bert(tmp / "bert")
+    train = {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "max_length": 48, "num_threads": 1}
+    fine_tune(validate_config({"model": llama, "task": "instruction", "method": "lora",
+                               "task_args": {"eval_max_examples": 4, "max_new_tokens": 4},
+                               "data": {"train": str(tmp / "inst.jsonl"), "format": "alpaca"}, "train": train,
+                               "output_dir": str(runs / "chat")}), quiet=True)
+    fine_tune(validate_config({"model": bert, "task": "extractive_qa", "method": "lora",
+                               "data": {"train": str(tmp / "squad.json"), "format": "squad", "eval_fraction": 0.3},
+                               "train": train, "output_dir": str(runs / "qa")}), quiet=True)
+    return {"chat": runs / "chat", "qa": runs / "qa"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +99,7 @@ def server(runs_env):
 
     from leantune.ui.app import create_app
 
-    app = create_app(runs_env["runs"], playground=runs_env.get("playground"))
+    app = create_app(runs_env["runs"])
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -79,8 +110,7 @@ def server(runs_env):
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
-    thread.join(timeout=10)
-    app.state.launcher.close()
+    thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")
