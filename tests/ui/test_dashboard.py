@@ -98,7 +98,7 @@ def test_launch_a_run_and_watch_it_finish_without_reloading(page, runs_env, tmp_
 
 
 @pytest.mark.slow
-def test_stop_a_running_run_then_it_is_interrupted_with_a_checkpoint(page, runs_env, tmp_path):
+def test_stop_a_running_run_then_resume_it(page, runs_env, tmp_path):
     wait_for_status(runs_env["runs"] / "running", "running")
     page.goto("/run/running")
     expect(page.locator("#status")).to_have_text("running")
@@ -109,7 +109,11 @@ def test_stop_a_running_run_then_it_is_interrupted_with_a_checkpoint(page, runs_
     expect(page.locator("#status")).to_have_text("interrupted", timeout=60_000)
     expect(page.locator("#checkpoints .checkpoint").first).to_contain_text("(latest)")
     assert runs_env["running"].wait(timeout=30) == 130
-    expect(page.locator("#resume")).to_be_visible()
+    step = int((runs_env["runs"] / "running" / "checkpoints" / "latest").read_text().strip().removeprefix("step-"))
+    page.fill("#max-steps", str(step + 2))  # resume it for two more steps, from the page
+    page.click("#resume")
+    expect(page.locator("#status")).to_have_text("finished", timeout=180_000)
+    expect(page.locator("#progress-text")).to_contain_text(f"step {step + 2} of {step + 2}")
 
 
 def test_compare_picked_runs(page, tmp_path):
