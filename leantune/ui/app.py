@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlparse
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -57,6 +58,18 @@ def create_app(runs: Path, allow: list[Path] | None = None) -> FastAPI:
     app.state.launcher, app.state.playground = launcher, playground
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.middleware("http")
+    async def same_origin_posts(request: Request, call_next: Any) -> Any:
+        """Launching and stopping runs only from the dashboard's own pages: a POST must carry JSON and, when the
+        browser names its origin, come from this server (no other web page can start a run on this machine)."""
+        if request.method == "POST" and request.url.path.startswith("/api/"):
+            origin = request.headers.get("origin")
+            if origin and urlparse(origin).netloc != request.headers.get("host"):
+                return JSONResponse({"error": f"cross-origin request from {origin} refused"}, status_code=403)
+            if not request.headers.get("content-type", "").startswith("application/json"):
+                return JSONResponse({"error": "send JSON (Content-Type: application/json)"}, status_code=415)
+        return await call_next(request)
 
     @app.exception_handler(LeantuneError)
     async def leantune_error(request: Request, exc: LeantuneError) -> JSONResponse:

@@ -69,6 +69,8 @@ class Launcher:
         path = self.check_config(config)
         cfg = load_config(str(path), overrides)
         run_dir = Path(cfg.output_dir).resolve()
+        if is_running(read_status(run_dir)):
+            raise LeantuneError(f"output_dir {run_dir} holds a run that is training now: stop it first.")
         if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
             raise LeantuneError(f"output_dir {run_dir} already holds a run: tick 'overwrite' to replace it, or "
                                 "resume it from its page.")

@@ -84,3 +84,22 @@ def test_a_run_resumes_from_the_folder_it_was_started_in(tmp_path):
     assert _start_folder(run, run) == Path(os.getcwd())
     with pytest.raises(LeantuneError, match="moved"):
         _start_folder(run, Path("runs/b"))
+
+
+def test_posts_only_from_the_dashboard_and_bind_to_localhost_by_default(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from leantune.cli import build_parser
+    from leantune.ui.app import create_app
+
+    assert build_parser().parse_args(["ui"]).host == "127.0.0.1"
+    client = TestClient(create_app(tmp_path / "runs"))
+    assert client.get("/api/runs").json() == {"runs": [], "launches": []}
+    evil = client.post("/api/launch", json={"config": "x.yaml"}, headers={"origin": "http://evil.example"})
+    assert evil.status_code == 403 and "cross-origin" in evil.json()["error"]
+    form = client.post("/api/launch", content=b'{"config": "x.yaml"}', headers={"content-type": "text/plain"})
+    assert form.status_code == 415
+    refused = client.post("/api/launch", json={"config": str(tmp_path / "x.yaml")})
+    assert refused.status_code == 400 and "does not exist" in refused.json()["error"]
+    assert client.get("/api/run/nope").status_code == 404
+    assert client.post("/serve/v1/classify", json={"model": "m", "input": "x"}).status_code == 503
