@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
@@ -128,3 +129,20 @@ def test_compare_picked_runs(page, tmp_path):
     expect(page.locator("#plots img")).to_have_count(4)
     page.wait_for_function("[...document.querySelectorAll('#plots img')].every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_a_launched_run_that_fails_shows_why_in_the_page(page, runs_env):
+    tmp = runs_env["tmp"]
+    (tmp / "stars.csv").write_text("text,stars\nthe film was good,5\nthe food was bad,1\n" * 10)
+    raw = yaml.safe_load((tmp / "quick.yaml").read_text())
+    raw["data"]["train"], raw["output_dir"] = str(tmp / "stars.csv"), str(runs_env["runs"] / "broken")
+    (tmp / "broken.yaml").write_text(yaml.safe_dump(raw))
+    page.goto("/")
+    page.fill("#config", str(tmp / "broken.yaml"))
+    page.click("#launch button[type=submit]")
+    expect(status_cell(page, "broken")).to_have_text("failed", timeout=120_000)
+    expect(page.locator("#launches tbody tr").first.locator(".error-line")).to_contain_text("label", timeout=60_000)
+    page.click('#runs tr[data-name="broken"] a')
+    expect(page.locator("#error-line")).to_contain_text("label")
+    expect(page.locator("#log-tail")).to_contain_text("leantune train")  # the launch's own output
