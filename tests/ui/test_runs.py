@@ -103,3 +103,39 @@ def test_posts_only_from_the_dashboard_and_bind_to_localhost_by_default(tmp_path
     assert refused.status_code == 400 and "does not exist" in refused.json()["error"]
     assert client.get("/api/run/nope").status_code == 404
     assert client.post("/serve/v1/classify", json={"model": "m", "input": "x"}).status_code == 503
+
+
+def test_launch_runs_leantune_train_as_the_command_line_would(tmp_path, monkeypatch):
+    import subprocess
+
+    import yaml
+
+    from leantune.ui import launch
+
+    started = []
+
+    class FakeProcess:
+        pid = 4242
+
+        def __init__(self, command, **kwargs):
+            started.append((command, kwargs))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(launch.subprocess, "Popen", FakeProcess)
+    root = tmp_path / "runs"
+    root.mkdir()
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\na,b\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": "minilm", "data": {"train": str(data)}, "output_dir": str(root / "r")}))
+    record = Launcher(root, []).train(str(config), ["train.max_steps=7"], nproc=2)
+    command, kwargs = started[0]
+    assert command[1:] == ["-m", "leantune", "train", str(config), "--set", "train.max_steps=7", "--quiet",
+                           "--nproc", "2"]
+    assert kwargs["start_new_session"] and kwargs["stdin"] == subprocess.DEVNULL
+    assert record["run_dir"] == str((root / "r").resolve()) and record["pid"] == 4242
+    assert Path(record["log"]).read_text().startswith("$ leantune train")
+    launches = Launcher(root, []).launches()
+    assert [x["id"] for x in launches] == [record["id"]]
