@@ -23,7 +23,7 @@ function drawChart(el, series, opts) {
   const ty = (v) => (log ? Math.log10(v) : v);
   let x0 = Math.min(...pts.map((p) => p[0])), x1 = Math.max(...pts.map((p) => p[0]));
   let y0 = Math.min(...pts.map((p) => ty(p[1]))), y1 = Math.max(...pts.map((p) => ty(p[1])));
-  if (x0 === x1) { x0 -= 1; x1 += 1; }
+  if (x0 === x1) { x0 = Math.max(0, x0 - 1); x1 += 1; }
   if (y0 === y1) { y0 -= 0.5; y1 += 0.5; }
   const pad = (y1 - y0) * 0.06; y0 -= pad; y1 += pad;
   const sx = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
