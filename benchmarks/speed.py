@@ -1,32 +1,44 @@
-"""Speed and memory: leantune against HF peft + transformers (Trainer, and a plain loop) on the same model, data,
-LoRA settings, batch size, learning rate and number of steps, each run in its own process, in one go.
+"""Speed and memory: leantune against HF peft + the transformers Trainer, the peer configured as a competent user
+would, counted the same way on both sides. Every run in its own process; runs alternate between the sides.
 
-    python benchmarks/speed.py                  # both workloads, ~15 min on 2 cores
-    python benchmarks/speed.py --only smollm2 --steps 10 --repeat 2
+    flock /work/notes/cpu.lock python benchmarks/speed.py --out speed.jsonl              # all rows, 3 repeats
+    flock /work/notes/cpu.lock python benchmarks/speed.py --rows peft-grouped,leantune --repeat 1 --out speed.jsonl
+    python benchmarks/speed.py --table speed.jsonl                                        # medians of what is there
 
-(a) SmolLM2-135M-Instruct, LoRA r=16 / alpha=32 on all linear layers, instruction data of varied lengths (the
-    Alpaca seed tasks from ../shared/data/instructions when present, else generated), batch 8, max_length 320;
-    also leantune with activation checkpointing, with sequence packing, and with a 4-bit NF4 base (QLoRA).
-(b) MiniLM (all-MiniLM-L6-v2) sentiment classification on variable-length sentences (SST-2 from ../shared/data
-    when present, else the built-in sample), LoRA r=8 on all linear layers and the trained head, batch 32;
-    also leantune's head-only probe (only the classifier trains) and LoRA on an NF4 base.
+(a) SmolLM2-135M-Instruct, LoRA r=16 / alpha=32 on all 7 linear projections, the Alpaca seed tasks (or generated
+    instructions of varied lengths), batch 8, max_length 320, chat template on both sides (leantune's own
+    tokenisation for everyone).
+(b) MiniLM (all-MiniLM-L6-v2) SST-2 classification, LoRA r=8 on all linear layers and the head, batch 32.
 
-Reported per run: real (non-pad) tokens per second of training, peak RSS of the process up to the end of training
-(model, data and training; the held-out evaluation afterwards is not counted), and the loss on the same
-held-out examples after the fixed number of steps (one reference loss function for everyone: mean cross-entropy
-over response tokens / examples). Ratios are against peft + Trainer. Runs alternate between the stacks; with
-``--repeat`` the table shows medians.
+Peer rows (peft LoRA + Trainer): ``peft-defaults`` is what the defaults give (random sampler, batches padded to their
+longest example, the model's KV cache on, no heap trimming): the defaults-vs-defaults row. ``peft-grouped`` is the
+competent configuration: ``train_sampling_strategy="group_by_length"``, ``use_cache=False``, glibc's heap trimmed
+after every step (a ``malloc_trim`` callback, as leantune does). ``peft-grouped-ckpt`` adds gradient checkpointing
+(non-reentrant), the peer of ``leantune-ckpt``; ``peft-flatten`` is padding-free (``DataCollatorWithFlattening``:
+one row per batch, positions restarting per example), the peer of ``leantune-packed``.
+
+Counted the same way: the clock reads right after every optimizer step on both sides (leantune: the optimizer's
+step post-hook; Trainer: ``on_optimizer_step``); the first step is warm-up and not counted; the figure is the real
+(non-pad) tokens of steps 2..N over the time from the end of step 1 to the end of step N. Tokens are counted by a
+forward pre-hook on the model (the batches actually trained on: the Trainer's loader fetches one batch ahead, so
+its collate function would count one batch too many); leantune's packed rows carry no attention mask, so their
+real tokens come from the loop's own per-step count, which the script checks against the hook on unpacked runs.
+Both sides: no warm-up of the learning rate, linear decay to 0 over the same number of steps, AdamW, weight decay
+0.01, gradient clipping at 1.0, fp32, the same thread count. Peak RSS is the process's up to the end of training;
+the held-out loss is one reference function for all, after training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +47,21 @@ from common import SHARED, report, run_children, set_offline  # noqa: E402
 
 SEED_TASKS = SHARED / "instructions" / "seed_tasks.jsonl"
 SST2 = SHARED / "sst2"
-LM_RUNS = ["peft-trainer", "leantune", "peft-loop", "leantune-ckpt", "leantune-qlora", "leantune-packed"]
-CLS_RUNS = ["peft-trainer", "leantune", "peft-loop", "leantune-head", "leantune-qlora"]
+# alternating sides; each leantune row follows the peer row it is compared with
+LM_RUNS = ["peft-defaults", "leantune", "peft-grouped", "leantune-ckpt", "peft-grouped-ckpt", "leantune-packed",
+           "peft-flatten"]
+LM_EXTRA = ["leantune-qlora"]
+CLS_RUNS = ["peft-defaults", "leantune", "peft-grouped", "leantune-head", "leantune-qlora"]
+# (leantune row, its peer) pairs of the summary; "best" is the fastest of peft-defaults / peft-grouped
+PAIRS = [("leantune", "peft-defaults", "defaults vs defaults"), ("leantune", "best", "vs the strongest peer"),
+         ("leantune-ckpt", "peft-grouped-ckpt", "both with activation / gradient checkpointing"),
+         ("leantune-packed", "peft-flatten", "both padding-free"), ("leantune-packed", "best", "packing vs the strongest peer")]
 LORA_LM = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                     "down_proj"]}
 LORA_CLS = {"r": 8, "alpha": 16, "target_modules": ["query", "key", "value", "attention.output.dense",
                                                     "intermediate.dense", "output.dense"]}
+WEIGHT_DECAY = 0.01
+PACKED_ROWS = 4  # leantune-packed: 4 rows of 320 per step, about the tokens of 8 examples (137 on average)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -74,12 +95,12 @@ def classification_files(out_dir: Path) -> tuple[str, str, str]:
 
 def lm_config(data: str, steps: int, threads: int, **train: Any) -> dict[str, Any]:
     return {
-        "model": "smollm2", "task": "instruction", "method": "lora",
-        "method_args": {k: v for k, v in LORA_LM.items()},
+        "model": "smollm2", "task": "instruction", "method": "lora", "method_args": dict(LORA_LM),
         "task_args": {"eval_max_examples": 0},
         "data": {"train": data, "format": "alpaca", "eval_fraction": 25 / 175},
-        "train": {"max_steps": steps, "batch_size": 8, "lr": 5e-4, "max_length": 320,
-                  "eval_before": False, "num_threads": threads, "seed": 0, "log_every": 1, **train},
+        "train": {"max_steps": steps, "batch_size": 8, "lr": 5e-4, "max_length": 320, "warmup_steps": 0,
+                  "schedule": "linear", "weight_decay": WEIGHT_DECAY, "max_grad_norm": 1.0, "eval_before": False,
+                  "num_threads": threads, "seed": 0, "log_every": 1, **train},
         "output_dir": tempfile.mkdtemp() + "/run",
     }
 
@@ -88,13 +109,49 @@ def cls_config(train_file: str, eval_file: str, fmt: str, steps: int, threads: i
     data = {"train": train_file, "format": fmt}
     if eval_file:
         data["eval"] = eval_file
-    args = {k: v for k, v in LORA_CLS.items()} if method == "lora" else {}
     return {
-        "model": "minilm", "task": "classification", "method": method, "method_args": args, "data": data,
+        "model": "minilm", "task": "classification", "method": method,
+        "method_args": dict(LORA_CLS) if method == "lora" else {}, "data": data,
         "train": {"max_steps": steps, "batch_size": 32, "lr": 1e-3 if method == "lora" else 1e-2, "max_length": 128,
+                  "warmup_steps": 0, "schedule": "linear", "weight_decay": WEIGHT_DECAY, "max_grad_norm": 1.0,
                   "eval_before": False, "num_threads": threads, "seed": 0, "log_every": 1},
         "output_dir": tempfile.mkdtemp() + "/run",
     }
+
+
+# ------------------------------------------------------------------------------------------------- counting
+class StepClock:
+    """Real and padded tokens of every forward pass in training (a forward pre-hook on the model), credited to the
+    optimizer step they belong to, and the time right after every optimizer step (``tick``)."""
+
+    def __init__(self, model: Any, sync: Callable[[], object] | None = None) -> None:
+        self.sync = sync or (lambda: None)  # on a GPU: wait for the step's kernels before reading the clock
+        self.pending = [0, 0]
+        self.steps: list[tuple[float, int, int]] = []  # (time after the step, real tokens, padded tokens)
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if not module.training:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        self.pending[0] += int(mask.sum()) if mask is not None else ids.numel()
+        self.pending[1] += ids.numel()
+
+    def tick(self, *_: Any, **__: Any) -> None:
+        self.sync()
+        self.steps.append((time.perf_counter(), *self.pending))
+        self.pending = [0, 0]
+
+    def summary(self, real_per_step: list[int] | None = None) -> dict[str, Any]:
+        """Throughput over steps 2..N (step 1 is warm-up); ``real_per_step`` overrides the hook's real counts."""
+        if len(self.steps) < 2:
+            raise RuntimeError(f"need at least 2 optimizer steps, got {len(self.steps)}")
+        real = real_per_step or [s[1] for s in self.steps]
+        seconds = self.steps[-1][0] - self.steps[0][0]
+        tokens, padded = sum(real[1:]), sum(s[2] for s in self.steps[1:])
+        return {"tokens": tokens, "padded_tokens": padded, "load": os.getloadavg()[0], "seconds": seconds, "timed_steps": len(self.steps) - 1,
+                "padding": 1 - tokens / padded, "tokens_per_s": tokens / seconds}
 
 
 # ------------------------------------------------------------------------------------------------- reference loss
@@ -128,31 +185,42 @@ def reference_loss(model: Any, features: list[dict], classification: bool, pad_i
 # ------------------------------------------------------------------------------------------------- one run (child)
 def run_leantune(cfg_dict: dict[str, Any], classification: bool) -> dict[str, Any]:
     from leantune.config import validate_config
-    from leantune.train.loop import fine_tune
-    from leantune.train.runs import load_run
+    from leantune.train.loop import finish, fit
+    from leantune.train.setup import setup_run
 
     cfg = validate_config(cfg_dict)
-    result = fine_tune(cfg, overwrite=True, quiet=True)
+    run = setup_run(cfg, overwrite=True, quiet=True)
+    clock = StepClock(run.model)
+    run.optimizer.register_step_post_hook(clock.tick)
+    result = finish(run, fit(run))
     log = [json.loads(x) for x in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
-    tokens = sum(r.get("tokens", 0) for r in log)
-    _, task, model = load_run(result.run_dir)
-    _, evals = task.prepare()
-    return {"tokens": tokens, "seconds": result.train_seconds, "trainable": result.trainable,
-            "train_peak_mb": result.memory["peak_rss_mb"],
-            "loss": reference_loss(model, evals, classification, task.pad_id)}
+    loop_tokens = [r["tokens"] for r in log if "tokens" in r and "loss" in r]
+    if not cfg.train.packing and loop_tokens != [s[1] for s in clock.steps]:
+        raise RuntimeError(f"token counts disagree: loop {loop_tokens}, hook {[s[1] for s in clock.steps]}")
+    return {**clock.summary(loop_tokens), "trainable": result.trainable, "train_peak_mb": result.memory["peak_rss_mb"],
+            "loss": reference_loss(run.unwrapped, run.eval_features, classification, run.task.pad_id)}
 
 
-def run_peer(cfg_dict: dict[str, Any], classification: bool, trainer: bool) -> dict[str, Any]:
-    """peft LoRA with the transformers Trainer (or a plain PyTorch loop) on leantune's own tokenised features:
-    random batches padded to their longest example (DataCollatorForSeq2Seq / DataCollatorWithPadding)."""
+def run_peer(cfg_dict: dict[str, Any], classification: bool, kind: str) -> dict[str, Any]:
+    """peft LoRA + the transformers Trainer on leantune's own tokenised features. ``kind``: defaults, grouped,
+    grouped-ckpt or flatten (see the module docstring)."""
+    import datasets
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorWithFlattening,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from leantune.config import validate_config
     from leantune.models.loading import load_tokenizer
     from leantune.models.registry import resolve_model
     from leantune.tasks import make_task
+    from leantune.train.memory import heap_trimmer, peak_rss_mb
 
     cfg = validate_config(cfg_dict)
     tc = cfg.train
@@ -172,59 +240,39 @@ def run_peer(cfg_dict: dict[str, Any], classification: bool, trainer: bool) -> d
                 for f in train_f]
         collate = DataCollatorWithPadding(tokenizer)
     else:
-        model = task.build_model(path)  # use_cache=False, as for leantune
+        model = task.build_model(path)
+        model.config.use_cache = kind == "defaults"  # the checkpoint's own setting is use_cache=True
         lora = LoraConfig(r=LORA_LM["r"], lora_alpha=LORA_LM["alpha"], target_modules=LORA_LM["target_modules"],
                           task_type="CAUSAL_LM")
         rows = [{k: f[k] for k in ("input_ids", "attention_mask", "labels")} for f in train_f]
-        collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        collate = (DataCollatorWithFlattening(return_position_ids=True) if kind == "flatten"
+                   else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens = [0]
+    clock = StepClock(model)
+    trim = heap_trimmer(torch.device("cpu"))
 
-    def counting_collate(batch: list[dict]) -> dict:
-        tokens[0] += sum(len(r["input_ids"]) for r in batch)
-        return collate(batch)
+    class Clock(TrainerCallback):
+        def on_optimizer_step(self, *_: Any, **__: Any) -> None:
+            clock.tick()
 
-    if trainer:
-        import datasets
-        from transformers import Trainer, TrainingArguments
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            if kind != "defaults":
+                trim()
 
-        args = TrainingArguments(
-            output_dir=tempfile.mkdtemp(), per_device_train_batch_size=tc.batch_size, learning_rate=tc.lr,
-            max_steps=tc.max_steps, lr_scheduler_type="linear", warmup_steps=0.06, weight_decay=tc.weight_decay,
-            max_grad_norm=1.0, save_strategy="no", report_to=[], logging_steps=1000, use_cpu=True, seed=0,
-            disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
-        )
-        run = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                      data_collator=counting_collate)
-        start = time.perf_counter()
-        run.train()
-        seconds = time.perf_counter() - start
-    else:
-        from transformers import get_linear_schedule_with_warmup
-
-        loader = torch.utils.data.DataLoader(rows, batch_size=tc.batch_size, shuffle=True, collate_fn=counting_collate,
-                                             generator=torch.Generator().manual_seed(0))
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        sched = get_linear_schedule_with_warmup(opt, int(0.06 * tc.max_steps), tc.max_steps)
-        model.train()
-        start = time.perf_counter()
-        step = 0
-        while step < tc.max_steps:
-            for batch in loader:
-                model(**batch).loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                if step == tc.max_steps:
-                    break
-        seconds = time.perf_counter() - start
-    from leantune.train.memory import peak_rss_mb
-
-    return {"tokens": tokens[0], "seconds": seconds, "trainable": trainable, "train_peak_mb": peak_rss_mb(),
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=tc.batch_size, learning_rate=tc.lr,
+        max_steps=tc.max_steps, lr_scheduler_type="linear", warmup_steps=0, weight_decay=WEIGHT_DECAY,
+        max_grad_norm=1.0, save_strategy="no", report_to=[], logging_steps=1000, use_cpu=True, seed=0,
+        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if kind.startswith("grouped") else "random",
+        gradient_checkpointing=kind == "grouped-ckpt", gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), data_collator=collate,
+                      callbacks=[Clock()])
+    trainer.train()
+    peak = peak_rss_mb()
+    return {**clock.summary(), "trainable": trainable, "train_peak_mb": peak,
             "loss": reference_loss(model, eval_f, classification, task.pad_id)}
 
 
@@ -232,72 +280,99 @@ def one(run: str, workload: str, args: argparse.Namespace) -> None:
     set_offline()
     tmp = Path(tempfile.mkdtemp())
     if workload == "smollm2":
-        data = instruction_file(tmp)
-        extra = {"leantune-ckpt": {"activation_checkpointing": True}, "leantune-packed": {"packing": True}}
-        cfg = lm_config(data, args.steps, args.threads, **extra.get(run, {}))
-        if run == "leantune-qlora":
-            cfg["quantize"] = "nf4"
+        extra = {"leantune-ckpt": {"activation_checkpointing": True},
+                 "leantune-packed": {"packing": True, "batch_size": PACKED_ROWS}}
+        cfg = lm_config(instruction_file(tmp), args.steps, args.threads, **extra.get(run, {}))
         classification = False
     else:
         train_file, eval_file, fmt = classification_files(tmp)
         cfg = cls_config(train_file, eval_file, fmt, args.cls_steps, args.threads,
                          "head" if run == "leantune-head" else "lora")
-        if run == "leantune-qlora":
-            cfg["quantize"] = "nf4"
         classification = True
+    if run == "leantune-qlora":
+        cfg["quantize"] = "nf4"
     if run.startswith("leantune"):
         result = run_leantune(cfg, classification)
     else:
-        result = run_peer(cfg, classification, trainer=run == "peft-trainer")
-    report({**result, "tokens_per_s": result["tokens"] / result["seconds"]})
+        result = run_peer(cfg, classification, run.removeprefix("peft-"))
+    report(result)
 
 
 # ------------------------------------------------------------------------------------------------- table
-def table(title: str, rows: list[dict[str, Any]], peer: str = "peft-trainer") -> str:
+def _spread(values: list[float], fmt: str) -> str:
+    med = statistics.median(values)
+    return format(med, fmt) if len(values) == 1 else f"{med:{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> str:
+    """Medians (min–max) per run; ratios of medians against peft-grouped; then the summary pairs."""
     by_run: dict[str, list[dict]] = {}
     for r in rows:
-        by_run.setdefault(r["run"].split("@")[0], []).append(r)
-    med = {run: {k: statistics.median(x[k] for x in rs) for k in ("tokens_per_s", "train_peak_mb", "loss", "tokens")}
-           | {"trainable": rs[0]["trainable"]} for run, rs in by_run.items()}
-    base = med.get(peer)
-    out = [f"\n{title}\n", "| run | trainable | real tokens/s | × peer | peak RSS MB | × peer | held-out loss |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-    for run, m in med.items():
-        speed = f"{m['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
-        mem = f"{m['train_peak_mb'] / base['train_peak_mb']:.2f}" if base else "-"
-        out.append(f"| {run} | {m['trainable']:,} | {m['tokens_per_s']:.0f} | {speed} | {m['train_peak_mb']:.0f} | {mem} "
-                   f"| {m['loss']:.4f} |")
+        by_run.setdefault(r["run"], []).append(r)
+    med = {run: {k: statistics.median(x[k] for x in rs) for k in ("tokens_per_s", "train_peak_mb", "loss", "padding")}
+           for run, rs in by_run.items()}
+    out = [f"\n{title}\n", "| run | n | real tokens/s, median (min–max) | peak RSS MB, median (min–max) | padding | "
+           "held-out loss |", "|---|---:|---:|---:|---:|---:|"]
+    for run, rs in by_run.items():
+        out.append(f"| {run} | {len(rs)} | {_spread([x['tokens_per_s'] for x in rs], '.0f')} | "
+                   f"{_spread([x['train_peak_mb'] for x in rs], '.0f')} | {100 * med[run]['padding']:.0f}% | "
+                   f"{med[run]['loss']:.4f} |")
+    peers = [p for p in ("peft-defaults", "peft-grouped") if p in med]
+    best = max(peers, key=lambda p: med[p]["tokens_per_s"]) if peers else None
+    out += ["", "| leantune row | peer row | comparison | tokens/s × peer | peak RSS × peer |", "|---|---|---|---:|---:|"]
+    for ours, peer, what in PAIRS:
+        peer = best if peer == "best" else peer
+        if ours in med and peer in med:
+            out.append(f"| {ours} | {peer} | {what} | {med[ours]['tokens_per_s'] / med[peer]['tokens_per_s']:.2f} | "
+                       f"{med[ours]['train_peak_mb'] / med[peer]['train_peak_mb']:.2f} |")
     return "\n".join(out)
+
+
+def read_rows(path: Path) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        rows.setdefault(r["workload"], []).append(r)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["smollm2", "minilm"])
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps of the SmolLM2 runs")
-    parser.add_argument("--cls-steps", type=int, default=40, help="optimizer steps of the MiniLM runs")
-    parser.add_argument("--repeat", type=int, default=1, help="alternate the runs this many times (medians)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["smollm2", "minilm"], default="smollm2",
+                        help="workload (default smollm2)")
+    parser.add_argument("--rows", help="comma-separated runs (default: all the workload's comparison rows; "
+                        f"also {', '.join(LM_EXTRA)})")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps of the SmolLM2 runs (1 is warm-up)")
+    parser.add_argument("--cls-steps", type=int, default=20, help="optimizer steps of the MiniLM runs")
+    parser.add_argument("--repeat", type=int, default=3, help="alternate the runs this many times (medians)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every run")
+    parser.add_argument("--out", type=Path, help="append every run's result to this JSON-lines file")
+    parser.add_argument("--table", type=Path, help="only print the tables of a JSON-lines file of results")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--workload", default="smollm2", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         one(args.one, args.workload, args)
         return
-    flags = ["--steps", str(args.steps), "--cls-steps", str(args.cls_steps), "--threads", str(args.threads)]
-    out = [f"python benchmarks/speed.py {' '.join(sys.argv[1:])}".strip(),
-           f"{time.strftime('%Y-%m-%d')}, {args.threads} threads, CPU fp32"]
-    for workload, runs, title in (
-        ("smollm2", LM_RUNS, f"(a) SmolLM2-135M LoRA r=16 all linear, instruction data, batch 8, {args.steps} steps"),
-        ("minilm", CLS_RUNS, f"(b) MiniLM classification LoRA r=8, batch 32, {args.cls_steps} steps"),
-    ):
-        if args.only and args.only != workload:
-            continue
-        print(f"{workload}: {len(runs)} runs x {args.repeat}", file=sys.stderr, flush=True)
-        rows = []
-        for _ in range(args.repeat):
-            rows += run_children(__file__, runs, [*flags, "--workload", workload])
-        out.append(table(title, rows))
-    print("\n".join(out))
+    if args.table:
+        for workload, rows in read_rows(args.table).items():
+            print(table(f"{workload}: {rows[0].get('settings', '')}", rows))
+        return
+    runs = args.rows.split(",") if args.rows else (LM_RUNS if args.only == "smollm2" else CLS_RUNS)
+    steps = args.steps if args.only == "smollm2" else args.cls_steps
+    settings = f"{steps} steps (1 warm-up), {args.threads} threads, CPU fp32, {time.strftime('%Y-%m-%d')}"
+    flags = ["--steps", str(args.steps), "--cls-steps", str(args.cls_steps), "--threads", str(args.threads),
+             "--workload", args.only]
+    rows = []
+    for i in range(args.repeat):
+        print(f"{args.only}: repeat {i + 1} of {args.repeat}: {', '.join(runs)}", file=sys.stderr, flush=True)
+        for row in run_children(__file__, runs, flags):
+            rows.append({**row, "workload": args.only, "settings": settings})
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
+    print(f"python benchmarks/speed.py {' '.join(sys.argv[1:])}".strip())
+    print(table(f"{args.only}: {settings}", rows))
 
 
 if __name__ == "__main__":
