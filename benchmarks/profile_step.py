@@ -49,7 +49,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from leantune.config import validate_config
