@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -16,9 +22,11 @@ from leantune.compare import run_compare, write_report
 from leantune.compare.plan import DEFAULT_LR, ERROR_FILE, parse_methods, plan_methods
 from leantune.compare.report import pareto_front
 from leantune.compare.results import MethodResult, add_gaps
+from leantune.compare.runner import _train_process
 from leantune.config import validate_config
 from leantune.errors import LeantuneError
 from leantune.methods.registry import METHOD_NAMES
+from leantune.train.guards import TrainingInterrupted
 from leantune.train.loop import fine_tune
 
 
@@ -161,3 +169,21 @@ def test_cli_prints_the_table_and_fails_when_every_method_failed(setup, tmp_path
     assert code == 1 and "full failed: " in printed and "full fine-tuning needs" in printed
     assert "full fine-tuning needs" in (tmp_path / "out" / "runs" / "full" / ERROR_FILE).read_text()
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_a_stopped_run_or_a_sigterm_stops_the_compare(tmp_path):
+    """A run stopped by someone else (exit 130, checkpoint written) and SIGTERM to the compare both stop the compare
+    with the resume hint; neither is recorded as a failed method."""
+    plan = SimpleNamespace(method="lora", cfg=None)
+    stopped = [sys.executable, "-c", "import sys; sys.exit(130)"]
+    with pytest.raises(TrainingInterrupted, match="run of lora was stopped"):
+        _train_process(stopped, tmp_path / "a.log", plan, quiet=True)
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    with pytest.raises(TrainingInterrupted, match="compare interrupted while training lora"):
+        _train_process(sleeper, tmp_path / "b.log", plan, quiet=True)
+    assert time.monotonic() - started < 30
+    assert signal.getsignal(signal.SIGTERM) == before
