@@ -1,8 +1,8 @@
 """Chinese with the multilingual Gemma 3 270M: leantune against HF peft + transformers Trainer, same data and budget.
 
-    nice -n 19 python benchmarks/multilingual.py --out /work/multi-out [--runs cls-gemma-lora,...] [sizes]
+    nice -n 19 python benchmarks/multilingual.py --out runs/multilingual [--runs cls-gemma-lora,...] [sizes]
     python benchmarks/multilingual.py --tiny --out /tmp/multi-tiny     # dry run: tiny random models and data
-    python benchmarks/multilingual.py --collect --out /work/multi-out   # one table from runs made in pieces
+    python benchmarks/multilingual.py --collect --out runs/multilingual   # one table from runs made in pieces
 
 Three parts, each run in its own process (own peak RSS), pinned to ``--threads``:
 - ChnSentiCorp sentiment (test accuracy): Gemma 3 LoRA and head-only (last real token), MiniLM LoRA for contrast;

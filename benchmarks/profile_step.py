@@ -1,7 +1,7 @@
 """Where a leantune LoRA step's time goes: SmolLM2-135M, LoRA r16 on all linear layers, the speed benchmark's
 data and settings (batch 8, max_length 320), torch.profiler over ``--steps`` steps after one warm-up step.
 
-    flock /work/notes/cpu.lock python benchmarks/profile_step.py     # about 2 minutes on 2 cores
+    python benchmarks/profile_step.py     # about 2 minutes on 2 cores
 
 ATen ops (self time) are put in parts by name and shape: the fused LM head (a GEMM with the vocabulary as one
 dimension), LoRA's small GEMMs (one dimension = r), the base model's GEMMs (MLP: a dimension = the intermediate

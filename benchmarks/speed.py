@@ -1,8 +1,8 @@
 """Speed and memory: leantune against HF peft + the transformers Trainer, the peer configured as a competent user
 would, counted the same way on both sides. Every run in its own process; runs alternate between the sides.
 
-    flock /work/notes/cpu.lock python benchmarks/speed.py --out speed.jsonl              # all rows, 3 repeats
-    flock /work/notes/cpu.lock python benchmarks/speed.py --rows peft-grouped,leantune --repeat 1 --out speed.jsonl
+    python benchmarks/speed.py --out speed.jsonl              # all rows, 3 repeats
+    python benchmarks/speed.py --rows peft-grouped,leantune --repeat 1 --out speed.jsonl
     python benchmarks/speed.py --table speed.jsonl                                        # medians of what is there
 
 (a) SmolLM2-135M-Instruct, LoRA r=16 / alpha=32 on all 7 linear projections, the Alpaca seed tasks (or generated

@@ -90,8 +90,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _follow(proc: subprocess.Popen, plan: MethodPlan, quiet: bool) -> None:
     """Wait for ``proc``, showing its steps, loss and last evaluation from its train_log.jsonl."""
-    if quiet:
-        proc.wait()
+    if quiet:  # poll, not wait(): a signal delivered to another thread still reaches the handler within 0.5 s
+        while proc.poll() is None:
+            time.sleep(0.5)
         return
     from tqdm.auto import tqdm
 

@@ -38,7 +38,7 @@ from leantune.train.distributed import Dist, unwrap, wrap_model
 from leantune.train.logger import RunLogger
 from leantune.train.optim import build_optimizer, build_scheduler
 from leantune.train.resume import find_resume_point
-from leantune.train.status import mark_running, update_running
+from leantune.train.status import STATUS_FILE, is_running, mark_running, read_status, update_running
 
 
 @dataclass
@@ -128,12 +128,17 @@ def open_run_dir(run_dir: Path, cfg: RunConfig, dist: Dist, overwrite: bool, res
     return checkpoint
 
 
+def only_a_status_left(path: Path) -> bool:
+    """Whether ``path`` holds nothing but the ``status.json`` of a run that ended (failed) before writing anything."""
+    return [entry.name for entry in path.iterdir()] == [STATUS_FILE] and not is_running(read_status(path))
+
+
 def prepare_output_dir(path: Path, overwrite: bool) -> Path:
     """Create the run folder; refuse to mix two runs in one folder unless ``overwrite``."""
     if path.exists() and not path.is_dir():
         raise LeantuneError(f"output_dir {path} exists and is a file.")
     if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
+        if not overwrite and not only_a_status_left(path):  # a run that failed before writing: nothing to keep
             raise LeantuneError(f"output_dir {path} already holds a run; pass --overwrite or choose another output_dir.")
         shutil.rmtree(path)
     try:
