@@ -179,7 +179,9 @@ def test_a_stopped_run_or_a_sigterm_stops_the_compare(tmp_path):
     with pytest.raises(TrainingInterrupted, match="run of lora was stopped"):
         _train_process(stopped, tmp_path / "a.log", plan, quiet=True)
 
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    # a child that handles SIGINT as leantune train does (a plain python child would inherit an ignored SIGINT)
+    sleeper = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "time.sleep(60)"]
     before = signal.getsignal(signal.SIGTERM)
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
     started = time.monotonic()

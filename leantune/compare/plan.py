@@ -15,7 +15,10 @@ from leantune.errors import LeantuneError
 from leantune.methods.registry import METHOD_NAMES, REGISTRY, method_spec
 from leantune.train.checkpoints import candidates
 from leantune.train.resume import RESUMABLE_CHANGES, changed_keys
-from leantune.train.status import ERROR_FILE
+
+ERROR_FILE = "error.txt"
+"""Written into a method's run folder when its run failed: the error line, then the end of its log (the dashboard
+shows it too)."""
 
 DEFAULT_LR: dict[str, float] = {
     "head": 1e-2, "lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "prompt": 3e-2, "prefix": 3e-2, "bottleneck": 1e-3,

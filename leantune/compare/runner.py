@@ -3,22 +3,20 @@ progress line per method read from the run's log, and its failure recorded as a 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from leantune.compare.plan import ERROR_FILE, MethodPlan, RunState, run_state
 from leantune.compare.results import MethodResult, failed_result, read_log, read_result, write_error
 from leantune.config import dump_config
-from leantune.train.guards import TrainingInterrupted
+from leantune.train.guards import TrainingInterrupted, signal_handlers
 
 FLAGS: dict[RunState, list[str]] = {"new": [], "stale": ["--overwrite"], "interrupted": ["--resume"]}
 STATUS: dict[RunState, str] = {"new": "finished", "stale": "finished", "interrupted": "resumed"}
@@ -55,7 +53,7 @@ def run_method(plan: MethodPlan, out_dir: Path, metric: str, quiet: bool = False
 def _train_process(command: list[str], log_file: Path, plan: MethodPlan, quiet: bool) -> int:
     """Run ``command`` (output to ``log_file``) with a progress line. Ctrl-C or SIGTERM to the compare, or a stop of
     the run itself (exit 130), lets the run checkpoint and stops the compare; running it again resumes."""
-    with log_file.open("w", encoding="utf-8") as log, _sigterm_as_interrupt():
+    with log_file.open("w", encoding="utf-8") as log, signal_handlers(_raise_interrupt, (signal.SIGTERM,)):
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent(),
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
@@ -71,21 +69,8 @@ def _train_process(command: list[str], log_file: Path, plan: MethodPlan, quiet: 
     return proc.returncode
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM is handled like Ctrl-C (from the main thread only, where handlers can be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _follow(proc: subprocess.Popen, plan: MethodPlan, quiet: bool) -> None:

@@ -7,7 +7,8 @@ import signal
 import statistics
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from leantune.errors import LeantuneError
 
@@ -21,25 +22,33 @@ class StopRequest:
 
 
 @contextlib.contextmanager
+def signal_handlers(handler: Callable[[int, Any], None], signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    """Within the block ``handler`` handles ``signals``; the previous handlers come back after it. Off the main
+    thread (where Python cannot install handlers) the block runs with the handlers unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
 def stop_requests() -> Iterator[StopRequest]:
     """Within the block, SIGINT and SIGTERM only ask the loop to stop: it finishes the current step, writes a
     checkpoint and exits. A second Ctrl-C stops at once (the last checkpoint stays intact)."""
     stop = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop  # signal handlers can only be installed from the main thread
-        return
 
     def handler(signum: int, frame: object) -> None:
         if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.requested = signal.Signals(signum).name
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signal_handlers(handler, (signal.SIGINT, signal.SIGTERM)):
         yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class SpikeDetector:

@@ -19,9 +19,6 @@ from leantune.errors import LeantuneError
 from leantune.files import atomic_write_text
 
 STATUS_FILE = "status.json"
-ERROR_FILE = "error.txt"
-"""Written by ``leantune compare`` into a method's run folder when its run failed: the error line, then the end of
-its log."""
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leantune.compare.plan import ERROR_FILE
 from leantune.compare.results import read_log
 from leantune.train.checkpoints import BEST, CHECKPOINTS, LATEST
-from leantune.train.status import ERROR_FILE, read_status
+from leantune.train.status import read_status
 from leantune.ui.runs import read_json, summarize
 
 SAMPLE_PREDICTIONS = 20

@@ -12,10 +12,11 @@ from typing import Any
 
 import yaml
 
+from leantune.compare.plan import ERROR_FILE
 from leantune.compare.results import read_log
 from leantune.tasks import TASKS
 from leantune.train.checkpoints import BEST, CHECKPOINTS, candidates
-from leantune.train.status import ERROR_FILE, STATUS_FILE, is_running, read_status
+from leantune.train.status import STATUS_FILE, is_running, read_status
 
 SKIP = {CHECKPOINTS, BEST, "adapter", ".ui", "logs", "configs"}
 MAX_DEPTH = 4

@@ -39,26 +39,20 @@ def test_a_finished_run_records_its_process_and_end(setup):
     assert not is_running(record)
 
 
-def test_a_failed_run_records_its_error_line(setup, monkeypatch):
-    def boom(run):
-        raise RuntimeError("the disk is on fire")
+@pytest.mark.parametrize("error, status", [(RuntimeError("the disk is on fire"), "failed"),
+                                           (TrainingInterrupted("stopped by SIGTERM"), "interrupted")])
+def test_a_run_that_raises_records_how_it_ended(setup, monkeypatch, error, status):
+    def raise_error(run):
+        raise error
 
-    monkeypatch.setattr(loop, "fit", boom)
-    with pytest.raises(RuntimeError):
-        fine_tune(_cfg(setup, "boom"), quiet=True)
-    record = read_status(setup[2] / "boom")
-    assert record["status"] == "failed" and record["error"] == "RuntimeError: the disk is on fire"
-    assert "the disk is on fire" in record["traceback"][-1]
-
-
-def test_an_interrupted_run_says_so(setup, monkeypatch):
-    def stop(run):
-        raise TrainingInterrupted("stopped by SIGTERM")
-
-    monkeypatch.setattr(loop, "fit", stop)
-    with pytest.raises(TrainingInterrupted):
-        fine_tune(_cfg(setup, "stopped"), quiet=True)
-    assert read_status(setup[2] / "stopped")["status"] == "interrupted"
+    monkeypatch.setattr(loop, "fit", raise_error)
+    with pytest.raises(type(error)):
+        fine_tune(_cfg(setup, status), quiet=True)
+    record = read_status(setup[2] / status)
+    assert record["status"] == status
+    if status == "failed":  # the error line and the traceback's end, for the dashboard
+        assert record["error"] == "RuntimeError: the disk is on fire"
+        assert "the disk is on fire" in record["traceback"][-1]
 
 
 def test_a_refused_folder_keeps_the_status_of_its_own_run(setup):
