@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from leantune.errors import LeantuneError
+from leantune.kernels.lora_linear import lora_linear
 from leantune.methods.base import (
     LINEAR_TYPES,
     AdapterLayer,
@@ -231,7 +232,8 @@ class LoraLinear(LoraLayer):
     """LoRA beside an ``nn.Linear`` or GPT-2 ``Conv1D``; weights in the (out_features, in_features) layout.
 
     The plain LoRA path does no needless work: no input copy when dropout is 0 (Identity), no upcast of the frozen
-    weight (the base layer runs as it is), the adapter weights in the base weight's dtype.
+    weight (the base layer runs as it is), the adapter weights in the base weight's dtype; in training, base and
+    adapter run as one autograd node when they can (:mod:`leantune.kernels.lora_linear`).
     """
 
     adapter_containers = ("lora_A", "lora_B", "lora_dropout")
@@ -302,12 +304,29 @@ class LoraLinear(LoraLayer):
         return self.update_fn(self.lora_dropout[name](x), A, B, self.scaling[name])
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
         name = self.live_adapter()
+        if name is not None and not args and not kwargs and self._fused_path(name, x):
+            A, B = self.lora_A[name].weight, self.lora_B[name].weight
+            return lora_linear(x, self.base_layer.weight, self.base_layer.bias, A, B, self.scaling[name])
+        result = self.base_layer(x, *args, **kwargs)
         if name is None:
             return result
         dtype = self.lora_A[name].weight.dtype
         return self.variants[name].forward(self, name, x if x.dtype == dtype else x.to(dtype), result)
+
+    def _fused_path(self, name: str, x: torch.Tensor) -> bool:
+        """Whether this training forward pass can be one :func:`~leantune.kernels.lora_linear.lora_linear` node:
+        plain LoRA without dropout on a frozen, unquantized, unhooked ``nn.Linear``, one dtype, no autocast. In
+        evaluation (no gradients) the unfused path runs, as generation and serving compute it."""
+        base = self.base_layer
+        if (not torch.is_grad_enabled() or type(base) is not nn.Linear or is_quantized_layer(base)
+                or base._forward_hooks or base._forward_pre_hooks):
+            return False
+        weight, bias, A = base.weight, base.bias, self.lora_A[name].weight
+        return (type(self.variants[name]) is LoraVariant and type(self.lora_dropout[name]) is nn.Identity
+                and self.update_fn is lora_update and type(weight) is nn.Parameter and not weight.requires_grad
+                and (bias is None or not bias.requires_grad) and x.dtype == weight.dtype == A.dtype
+                and not torch.is_autocast_enabled(x.device.type))
 
     def delete_adapter(self, name: str) -> None:
         super().delete_adapter(name)
