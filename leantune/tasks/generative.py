@@ -16,8 +16,9 @@ has one (``task_args.template: auto``), else with leantune's plain template::
 
 An encoder-decoder model reads the prompt as plain text and is trained on ``response + EOS``.
 
-An example longer than ``max_length`` loses the start of its prompt first; a response that does not fit on its
-own keeps its first tokens. Both are counted in the data report (``truncated``, ``response_truncated``).
+An example longer than ``max_length`` loses the start of its prompt first (after a leading BOS token, which
+stays); a response that does not fit on its own keeps its first tokens. Both are counted in the data report
+(``truncated``, ``response_truncated``).
 """
 
 from __future__ import annotations
@@ -206,8 +207,9 @@ class GenerativeTask(Task):
         if len(ids) > max_len:
             truncated["truncated"] += 1
             first_target = next((i for i, lab in enumerate(labels) if lab != -100), len(labels))
-            cut = min(len(ids) - max_len, first_target)  # the start of the prompt first
-            ids, labels = ids[cut:], labels[cut:]
+            keep = int(bool(ids) and ids[0] == self.tokenizer.bos_token_id)  # BOS stays (Gemma needs it)
+            cut = max(0, min(len(ids) - max_len, first_target - keep))  # then the start of the prompt goes first
+            ids, labels = ids[:keep] + ids[keep + cut:], labels[:keep] + labels[keep + cut:]
             if len(ids) > max_len:  # the response alone does not fit: keep its head
                 truncated["response_truncated"] += 1
                 ids, labels = ids[:max_len], labels[:max_len]

@@ -185,3 +185,23 @@ def test_gemma3_generates_and_trains_on_chinese_translation(converted, tmp_path)
     assert "Translate this English text into Chinese." in rows[0]["prompt"]
     assert all("\ufffd" not in r["prediction"] for r in rows)
     assert result.after["eval_loss"] < result.before["eval_loss"]
+
+
+def test_a_truncated_example_keeps_gemmas_bos(converted):
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from leantune.tasks import make_task
+    from leantune.tasks.generative import Example
+
+    folder = str(converted[0])
+    cfg = validate_config({"model": folder, "task": "instruction", "data": {"train": "unused.jsonl"},
+                           "train": {"max_length": 16}})
+    task = make_task(cfg, AutoTokenizer.from_pretrained(folder), model_path=folder)
+    counts = Counter()
+    f = task.encode(Example([{"role": "user", "content": "the is " * 40}], "你好"), counts)
+    assert counts == {"truncated": 1} and len(f["input_ids"]) == 16
+    assert f["input_ids"][0] == task.tokenizer.bos_token_id and f["labels"][0] == -100  # BOS, then the prompt's end
+    trained = [t for t in f["labels"] if t != -100]
+    assert task.tokenizer.decode(trained).startswith("你好")
