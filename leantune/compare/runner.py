@@ -53,7 +53,7 @@ def run_method(plan: MethodPlan, out_dir: Path, metric: str, quiet: bool = False
 def _train_process(command: list[str], log_file: Path, plan: MethodPlan, quiet: bool) -> int:
     """Run ``command`` (output to ``log_file``) with a progress line. Ctrl-C or SIGTERM to the compare, or a stop of
     the run itself (exit 130), lets the run checkpoint and stops the compare; running it again resumes."""
-    with log_file.open("w", encoding="utf-8") as log, signal_handlers(_raise_interrupt, (signal.SIGTERM,)):
+    with log_file.open("w", encoding="utf-8") as log, signal_handlers(signal.default_int_handler, (signal.SIGTERM,)):
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent(),
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
@@ -67,10 +67,6 @@ def _train_process(command: list[str], log_file: Path, plan: MethodPlan, quiet: 
         raise TrainingInterrupted(f"the run of {plan.method} was stopped (it wrote a checkpoint); run the same "
                                   "compare again to resume it")
     return proc.returncode
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _follow(proc: subprocess.Popen, plan: MethodPlan, quiet: bool) -> None:

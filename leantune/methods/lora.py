@@ -316,12 +316,11 @@ class LoraLinear(LoraLayer):
 
     def _fused_path(self, name: str, x: torch.Tensor) -> bool:
         """Whether this training forward pass can be one :func:`~leantune.kernels.lora_linear.lora_linear` node:
-        plain LoRA without dropout on a frozen, unquantized, unhooked ``nn.Linear``, one dtype, no autocast. In
+        plain LoRA without dropout on a frozen, unhooked plain ``nn.Linear``, one dtype, no autocast. In
         evaluation (no gradients) the unfused path runs, as generation and serving compute it."""
         base = self.base_layer
-        if (not torch.is_grad_enabled() or type(base) is not nn.Linear or is_quantized_layer(base)
-                or base._forward_hooks or base._forward_pre_hooks):
-            return False
+        if not torch.is_grad_enabled() or type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks:
+            return False  # quantized layers (leantune's, bitsandbytes') are other classes
         weight, bias, A = base.weight, base.bias, self.lora_A[name].weight
         return (type(self.variants[name]) is LoraVariant and type(self.lora_dropout[name]) is nn.Identity
                 and self.update_fn is lora_update and type(weight) is nn.Parameter and not weight.requires_grad
