@@ -82,6 +82,23 @@ def output_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.
         return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
 
 
+def training_step(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits, every parameter's gradient) of one causal-LM training forward and backward on ``ids``."""
+    model.train()
+    model.zero_grad()
+    out = model(input_ids=ids, labels=ids, use_cache=False)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_step(lean: tuple, plain: tuple) -> None:
+    """Two :func:`training_step` results agree: logits and every gradient."""
+    torch.testing.assert_close(lean[0], plain[0])
+    assert lean[1].keys() == plain[1].keys()
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(lean[1][name], grad, msg=name)
+
+
 def randomize_(params) -> None:
     """Give adapter parameters non-trivial values (LoRA's B starts at zero, which would make every test pass)."""
     g = torch.Generator().manual_seed(123)

@@ -18,6 +18,8 @@ from leantune.config import RunConfig, TrainConfig, dump_config
 from leantune.data.packing import pack_examples
 from leantune.errors import LeantuneError
 from leantune.kernels.gated_mlp import lean_gated_mlps
+from leantune.kernels.rms_norm import lean_rms_norms
+from leantune.kernels.rotary import lean_rotary
 from leantune.methods.lora import compile_lora
 from leantune.methods.registry import method_for_config
 from leantune.models.loading import load_tokenizer
@@ -182,10 +184,10 @@ def load_task(cfg: RunConfig) -> tuple[str, Task]:
 
 def prepare_model(cfg: RunConfig, task: Task, model_path: str, device: torch.device,
                   checkpointing: bool | None = None) -> tuple[nn.Module, dict | None]:
-    """The task's model from the pretrained weights, quantized if asked, with the method attached and its gated MLPs
-    keeping less for backward (:mod:`leantune.kernels.gated_mlp`), on ``device``; activation checkpointing
-    (``checkpointing`` overrides the config) and compilation as the config says. Returns (model, quantization
-    report)."""
+    """The task's model from the pretrained weights, quantized if asked, with the method attached and leantune's
+    kernels in its layers (:mod:`leantune.kernels`: gated MLPs, RMSNorm, rotary embedding), on ``device``;
+    activation checkpointing (``checkpointing`` overrides the config) and compilation as the config says. Returns
+    (model, quantization report)."""
     tc = cfg.train
     model = task.build_model(model_path)
     quantized = None
@@ -193,6 +195,8 @@ def prepare_model(cfg: RunConfig, task: Task, model_path: str, device: torch.dev
         quantized = quantize_model(model, cfg.quantize, resolve_backend(cfg.quantize_backend, device))
     lt.attach(model, cfg.method_args)
     lean_gated_mlps(model)
+    lean_rms_norms(model)
+    lean_rotary(model)
     model.to(device)
     if tc.activation_checkpointing if checkpointing is None else checkpointing:
         enable_activation_checkpointing(model)
