@@ -2,9 +2,10 @@
 
 transformers writes the norm as six tensor ops (``pow``, ``mean``, ``add``, ``rsqrt``, two ``mul``), and autograd
 runs about ten more in backward, each a pass over the hidden states with a fresh buffer. Here the forward is one
-reduction (the vector norm) and two passes into one buffer; backward is four passes into one buffer and keeps only
-the input and the per-token ``1 / rms`` (autograd also keeps the normalised tensor). Every norm of a decoder runs twice per layer on every
-token (Gemma 3: four times, plus its query and key norms), so on CPU this is about 5% of a LoRA step (SmolLM2).
+reduction (the vector norm) and two passes into one buffer; backward is four passes into one buffer and keeps
+only the input and the per-token ``1 / rms`` (autograd also keeps the normalised tensor). Every norm of a decoder
+runs twice per layer on every token (Gemma 3: four times, plus its query and key norms), so on CPU this is about
+5% of a LoRA step (SmolLM2).
 Outputs and gradients equal the model's own norm up to floating-point rounding; float32 only (other dtypes run
 the model's own forward, which casts between the reduction and the weight in a family-specific order).
 """
@@ -50,26 +51,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 
     return _RMSNorm.apply(x, weight, eps, offset)
 
 
-def _weight_times_norm(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _lean_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if x.dtype is not torch.float32 or self.weight.dtype is not torch.float32:
         return type(self).forward(self, x)
+    if type(self).__name__ in ONE_PLUS_WEIGHT:
+        return rms_norm(x, self.weight, self.eps, 1.0)
     return rms_norm(x, self.weight, self.variance_epsilon)
-
-
-def _one_plus_weight(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype is not torch.float32 or self.weight.dtype is not torch.float32:
-        return type(self).forward(self, x)
-    return rms_norm(x, self.weight, self.eps, 1.0)
 
 
 def lean_rms_norms(model: nn.Module) -> int:
     """Make every RMSNorm of ``model`` (:data:`WEIGHT_TIMES_NORM`, :data:`ONE_PLUS_WEIGHT`) one autograd node;
     returns how many."""
-    count = 0
-    for module in model.modules():
-        name = type(module).__name__
-        forward = _weight_times_norm if name in WEIGHT_TIMES_NORM else _one_plus_weight if name in ONE_PLUS_WEIGHT else None
-        if forward is not None:
-            module.forward = types.MethodType(forward, module)
-            count += 1
-    return count
+    norms = [m for m in model.modules() if type(m).__name__ in WEIGHT_TIMES_NORM | ONE_PLUS_WEIGHT]
+    for norm in norms:
+        norm.forward = types.MethodType(_lean_forward, norm)
+    return len(norms)

@@ -29,25 +29,22 @@ class _Rotate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin, 1.0)
+        half = sin.shape[-1] // 2
+        return _rotate(x, cos, sin[..., :half], sin[..., half:])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, sin, -1.0), None, None
+        half = sin.shape[-1] // 2
+        return _rotate(grad, cos, -sin[..., half:], -sin[..., :half]), None, None  # the transposed rotation
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
-    """``x·cos + sign·rotate_half(x)·sin`` (sign -1: the inverse rotation, with sin's halves swapped as the
-    transpose of the rotation needs)."""
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_low: torch.Tensor, sin_high: torch.Tensor) -> torch.Tensor:
+    """``x·cos + rotate_half(x)·sin`` for ``sin`` = (``sin_low``, ``sin_high``) along the last dimension."""
     half = x.shape[-1] // 2
     out = x * cos
-    if sign > 0:
-        out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1.0)
-        out[..., half:].addcmul_(x[..., :half], sin[..., half:])
-    else:
-        out[..., :half].addcmul_(x[..., half:], sin[..., half:])
-        out[..., half:].addcmul_(x[..., :half], sin[..., :half], value=-1.0)
+    out[..., :half].addcmul_(x[..., half:], sin_low, value=-1.0)
+    out[..., half:].addcmul_(x[..., :half], sin_high)
     return out
 
 

@@ -44,10 +44,9 @@ def test_rotation_and_gradients_equal_transformers(family):
 
 def test_installed_once_and_only_for_its_families():
     import transformers.models.llama.modeling_llama as modeling
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+    from transformers import BertConfig, BertModel
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2))
+    model = llama()
     assert lean_rotary(model) and lean_rotary(model)
     installed = modeling.apply_rotary_pos_emb
     assert installed.leantune_original is _original("llama")
