@@ -179,7 +179,7 @@ def leantune_steps(model: Any, data: list[dict], batch_size: int, steps: int, de
     import torch
 
     from leantune.data.batching import iterate_batches, length_grouped_batches
-    from leantune.train.device import autocast_dtype
+    from leantune.system.device import autocast_dtype
     from leantune.train.loop import accumulate_gradients, clip_gradients
     from leantune.train.optim import build_optimizer, build_scheduler
 
@@ -300,7 +300,7 @@ def peak_mb(device: str) -> float:
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    from leantune.train.memory import peak_rss_mb
+    from leantune.system.memory import peak_rss_mb
 
     return peak_rss_mb()
 

@@ -31,8 +31,8 @@ def main() -> None:
     set_offline()
     import leantune as lt
     from leantune.config import validate_config
+    from leantune.run.loader import load_run
     from leantune.train.loop import fine_tune
-    from leantune.train.runs import load_run
 
     cfg = validate_config({
         "model": "smollm2", "task": "instruction", "method": "lora", "method_args": {"r": 16, "alpha": 32},

@@ -52,8 +52,8 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from leantune.config import validate_config
+    from leantune.system.memory import heap_trimmer
     from leantune.train.loop import accumulate_gradients, clip_gradients, epoch_batches
-    from leantune.train.memory import heap_trimmer
     from leantune.train.setup import setup_run
 
     cfg = validate_config(lm_config(instruction_file(Path(tempfile.mkdtemp())), args.steps + 1, args.threads))

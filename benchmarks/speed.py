@@ -222,8 +222,8 @@ def run_peer(cfg_dict: dict[str, Any], classification: bool, kind: str) -> dict[
     from leantune.config import validate_config
     from leantune.models.loading import load_tokenizer
     from leantune.models.registry import resolve_model
+    from leantune.system.memory import heap_trimmer, peak_rss_mb
     from leantune.tasks import make_task
-    from leantune.train.memory import heap_trimmer, peak_rss_mb
 
     cfg = validate_config(cfg_dict)
     tc = cfg.train

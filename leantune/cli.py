@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from leantune.errors import LeantuneError
 from leantune.methods.registry import METHOD_NAMES
+from leantune.system.signals import TrainingInterrupted
 from leantune.tasks import TASK_NAMES
-from leantune.train.guards import TrainingInterrupted
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -120,8 +120,8 @@ def cmd_estimate(args: argparse.Namespace) -> None:
 
 def _load_run(run_dir: str, adapter: str | None = None):
     """(config, task, model on the best device, device) of a finished run (with ``adapter`` instead of its own)."""
-    from leantune.train.device import pick_device
-    from leantune.train.runs import load_run
+    from leantune.run.loader import load_run
+    from leantune.system.device import pick_device
 
     cfg, task, model = load_run(run_dir, adapter)
     device = pick_device()

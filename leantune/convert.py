@@ -159,7 +159,7 @@ def to_lora(source: nn.Module | str | os.PathLike, rank: int, out_dir: str | os.
 
 def _load_run(run: Path, base: nn.Module | None) -> tuple[nn.Module, nn.Module | None]:
     from leantune.models.registry import resolve_model
-    from leantune.train.runs import load_run
+    from leantune.run.loader import load_run
 
     cfg, task, model = load_run(run)
     if cfg.method == "full" and base is None:

@@ -31,6 +31,7 @@ from leantune.adapters import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
 from leantune.convert import CONVERTIBLE, to_lora
 from leantune.errors import LeantuneError
 from leantune.files import fsync_dir
+from leantune.run.layout import ADAPTER_DIR, is_run_folder
 
 if TYPE_CHECKING:
     from leantune.tasks import Task
@@ -95,33 +96,24 @@ class Source:
     def name(self) -> str:
         """The run folder's name (also for its adapter/ folder given directly)."""
         folder = self.path.resolve()
-        return folder.parent.name if self.run is None and folder.name == "adapter" else folder.name
+        return folder.parent.name if self.run is None and folder.name == ADAPTER_DIR else folder.name
 
     def run_config(self) -> Any:
         """The run's validated config (None for a bare adapter folder)."""
         if self.run is None:
             return None
-        import yaml
+        from leantune.run.loader import run_config
 
-        from leantune.config import validate_config
-
-        cfg_file = self.run / "config.yaml"
-        return validate_config(yaml.safe_load(cfg_file.read_text()), str(cfg_file))
+        return run_config(self.run)
 
     def task(self) -> Task | None:
         """The run's task with what it saved beside the adapter (its labels), without a model (None for a bare
         adapter folder)."""
         if self.run is None:
             return None
-        from leantune.models.loading import load_tokenizer
-        from leantune.models.registry import resolve_model
-        from leantune.tasks import make_task
+        from leantune.run.loader import load_run_task
 
-        cfg = self.run_config()
-        path = resolve_model(cfg.model)
-        task = make_task(cfg, load_tokenizer(path, cfg.trust_remote_code), path)
-        task.load_artifacts(self.run)
-        return task
+        return load_run_task(self.run)[1]
 
 
 def export_run(run_dir: str | os.PathLike, to: str, out: str | os.PathLike, *, rank: int | None = None,
@@ -164,8 +156,8 @@ def find_source(path: Path, need_run: bool, to: str = "merged") -> Source:
         raise LeantuneError(f"run folder not found: {path}")
     if not path.is_dir():
         raise LeantuneError(f"{path} is a file, not a run folder.")
-    if (path / "config.yaml").is_file():
-        run, adapter = path, path / "adapter"
+    if is_run_folder(path):
+        run, adapter = path, path / ADAPTER_DIR
         if not (adapter / CONFIG_NAME).is_file():
             raise LeantuneError(f"{path} has no trained adapter ({adapter / CONFIG_NAME} is missing): the run has not "
                                 "finished. Resume it with `leantune train CONFIG --resume`, then export.")
@@ -271,8 +263,8 @@ def write_merged(src: Source, out: Path, dest: Path) -> ExportReport:
 
     import leantune as lt
     from leantune.models.quantize import is_quantized
+    from leantune.run.loader import load_run
     from leantune.tasks.generative import GenerativeTask
-    from leantune.train.runs import load_run
 
     cfg, task, model = load_run(src.run)
     if not isinstance(model, transformers.PreTrainedModel):

@@ -19,14 +19,15 @@ import yaml
 from tiny_models import save_tiny_bert, sentiment_rows, write_csv
 
 from leantune.compare import run_compare, write_report
-from leantune.compare.plan import DEFAULT_LR, ERROR_FILE, parse_methods, plan_methods
+from leantune.compare.plan import DEFAULT_LR, parse_methods, plan_methods
 from leantune.compare.report import pareto_front
 from leantune.compare.results import MethodResult, add_gaps
 from leantune.compare.runner import _train_process
 from leantune.config import validate_config
 from leantune.errors import LeantuneError
 from leantune.methods.registry import METHOD_NAMES
-from leantune.train.guards import TrainingInterrupted
+from leantune.run.layout import ERROR_FILE
+from leantune.system.signals import TrainingInterrupted
 from leantune.train.loop import fine_tune
 
 

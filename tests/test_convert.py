@@ -109,8 +109,8 @@ def test_a_full_fine_tuning_run_folder_converts_with_its_own_base(tmp_path):
 
     from leantune.config import validate_config
     from leantune.models.registry import resolve_model
+    from leantune.run.loader import load_run
     from leantune.train.loop import fine_tune
-    from leantune.train.runs import load_run
 
     model_dir = save_tiny_bert(tmp_path / "bert", pooling="mean")
     result = fine_tune(validate_config({

@@ -82,7 +82,7 @@ def outputs_of(model, inputs, kind):
 
 def reference(run, inputs, kind):
     """What the run computes through leantune (base + unmerged adapter)."""
-    from leantune.train.runs import load_run
+    from leantune.run.loader import load_run
 
     _, _, model = load_run(run)
     return outputs_of(model, inputs, kind)
@@ -352,7 +352,7 @@ def test_to_lora_converts_the_run_and_eval_takes_the_converted_adapter(models, m
     saved = json.loads((tmp_path / "l" / "adapter_config.json").read_text())
     assert saved["peft_type"] == "LORA" and saved["r"] == 64 and not saved.get("use_dora")
     assert report.details["relative_error"] < 1e-5 and "-> LoRA rank 64" in report.notes[0]
-    from leantune.train.runs import load_run
+    from leantune.run.loader import load_run
 
     inputs = encode(models["llama"], "clm")
     expected = reference(run, inputs, "clm")["logits"]

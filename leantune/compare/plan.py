@@ -8,17 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from leantune.config import RunConfig, validate_config
 from leantune.errors import LeantuneError
 from leantune.methods.registry import METHOD_NAMES, REGISTRY, method_spec
-from leantune.train.checkpoints import candidates
-from leantune.train.resume import RESUMABLE_CHANGES, changed_keys
-
-ERROR_FILE = "error.txt"
-"""Written into a method's run folder when its run failed: the error line, then the end of its log (the dashboard
-shows it too)."""
+from leantune.run.compat import RESUMABLE_CHANGES, changed_keys
+from leantune.run.layout import candidates, has_result
+from leantune.run.loader import run_config
+from leantune.run.status import run_status
 
 DEFAULT_LR: dict[str, float] = {
     "head": 1e-2, "lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "prompt": 3e-2, "prefix": 3e-2, "bottleneck": 1e-3,
@@ -109,8 +105,7 @@ def run_state(plan: MethodPlan) -> RunState:
     if saved is None or cfg is None:
         return "stale"
     changed = set(changed_keys(saved, cfg.model_dump()))
-    finished = (run_dir / "metrics.json").is_file() and (run_dir / "adapter").is_dir() \
-        and not (run_dir / ERROR_FILE).exists()
+    finished = run_status(run_dir)[0] == "finished" and has_result(run_dir)
     if finished and changed <= HARMLESS_CHANGES:
         return "finished"
     if candidates(run_dir) and changed <= RESUMABLE_CHANGES:
@@ -119,8 +114,7 @@ def run_state(plan: MethodPlan) -> RunState:
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "config.yaml"
     try:
-        return validate_config(yaml.safe_load(path.read_text()), str(path)).model_dump()
-    except (OSError, yaml.YAMLError, LeantuneError, AttributeError, TypeError):
+        return run_config(run_dir).model_dump()
+    except (OSError, LeantuneError, AttributeError, TypeError):
         return None

@@ -3,12 +3,11 @@ as the training loop writes them."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from leantune.compare.plan import ERROR_FILE
+from leantune.run.files import read_log, read_metrics
+from leantune.run.layout import ADAPTER_DIR, METRICS_FILE
 
 
 @dataclass
@@ -41,27 +40,14 @@ class MethodResult:
         return 100 * self.trainable / self.total if self.trainable is not None and self.total else None
 
 
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of the run's ``train_log.jsonl`` (a row cut short by a crash is left out)."""
-    path = run_dir / "train_log.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
 def read_result(run_dir: Path, method: str, metric: str, lr: float | None, status: str) -> MethodResult:
     """The numbers of a finished run: ``metric`` from metrics.json; parameters, train time (the logged windows of
     optimizer steps, periodic evaluations included), real (non-padding) tokens per second and peak memory (CUDA
     peak on a GPU, else peak resident memory of the run's process) from train_log.jsonl; adapter size on disk."""
     result = MethodResult(method, run_dir, lr, status)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir) or {}
     if metric not in metrics:
-        result.status, result.error = "failed", f"metrics.json has no {metric}"
+        result.status, result.error = "failed", f"{METRICS_FILE} has no {metric}"
         return result
     result.metric = float(metrics[metric])
     rows = read_log(run_dir)
@@ -75,7 +61,7 @@ def read_result(run_dir: Path, method: str, metric: str, lr: float | None, statu
         result.tokens_per_s = sum(r["tokens"] for r in windows) / max(seconds, 1e-9)
     memory = [r.get("peak_cuda_mb", r.get("peak_rss_mb")) for r in rows if "peak_rss_mb" in r]
     result.peak_memory_mb = max(memory) if memory else None
-    result.adapter_bytes = sum(f.stat().st_size for f in (run_dir / "adapter").rglob("*") if f.is_file())
+    result.adapter_bytes = sum(f.stat().st_size for f in (run_dir / ADAPTER_DIR).rglob("*") if f.is_file())
     result.curves = {
         "train_loss": [(r["step"], r["loss"]) for r in rows if "loss" in r and "skipped" not in r],
         "eval_loss": [(r["step"], r["eval"]["eval_loss"]) for r in rows if "eval_loss" in r.get("eval", {})],
@@ -85,14 +71,6 @@ def read_result(run_dir: Path, method: str, metric: str, lr: float | None, statu
 
 def failed_result(run_dir: Path, method: str, lr: float | None, error: str) -> MethodResult:
     return MethodResult(method, run_dir, lr, "failed", error=error)
-
-
-def write_error(run_dir: Path, error: str, log_tail: str = "") -> None:
-    """Record a failed run in its folder (``error.txt``: the error line, then the end of the run's output), so the
-    folder shows why it has no results."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ERROR_FILE).write_text(error.rstrip() + "\n" + (f"\n{log_tail.rstrip()}\n" if log_tail else ""),
-                                      encoding="utf-8")
 
 
 def add_gaps(results: list[MethodResult]) -> None:

@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from leantune.compare.plan import ERROR_FILE, MethodPlan, RunState, run_state
-from leantune.compare.results import MethodResult, failed_result, read_log, read_result, write_error
+from leantune.compare.plan import MethodPlan, RunState, run_state
+from leantune.compare.results import MethodResult, failed_result, read_result
 from leantune.config import dump_config
-from leantune.train.guards import TrainingInterrupted, signal_handlers
+from leantune.run.files import clear_error, read_log, write_error
+from leantune.run.layout import METRICS_FILE
+from leantune.system.signals import TrainingInterrupted, signal_handlers
 
 FLAGS: dict[RunState, list[str]] = {"new": [], "stale": ["--overwrite"], "interrupted": ["--resume"]}
 STATUS: dict[RunState, str] = {"new": "finished", "stale": "finished", "interrupted": "resumed"}
@@ -34,7 +36,7 @@ def run_method(plan: MethodPlan, out_dir: Path, metric: str, quiet: bool = False
         if not quiet:
             print(f"{plan.method:>10}: finished by an earlier compare; kept", file=sys.stderr, flush=True)
         return read_result(plan.run_dir, plan.method, metric, plan.lr, "skipped")
-    (plan.run_dir / ERROR_FILE).unlink(missing_ok=True)
+    clear_error(plan.run_dir)
     config_file = out_dir / "configs" / f"{plan.method}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     dump_config(plan.cfg, config_file)
@@ -43,7 +45,7 @@ def run_method(plan: MethodPlan, out_dir: Path, metric: str, quiet: bool = False
     command = [sys.executable, "-m", "leantune", "train", str(config_file), "--quiet", *FLAGS[state]]
     code = _train_process(command, log_file, plan, quiet)
     log = log_file.read_text(encoding="utf-8", errors="replace")
-    if code == 0 and (plan.run_dir / "metrics.json").is_file():
+    if code == 0 and (plan.run_dir / METRICS_FILE).is_file():
         return read_result(plan.run_dir, plan.method, metric, plan.lr, STATUS[state])
     error = error_line(log, code)
     write_error(plan.run_dir, error, "\n".join(log.splitlines()[-30:]))

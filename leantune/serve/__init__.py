@@ -6,7 +6,8 @@
   classification and extractive QA batches;
 - :mod:`~leantune.serve.registry`: bases, adapters, LRU of loaded adapters;
 - :mod:`~leantune.serve.api`, :mod:`~leantune.serve.gate`, :mod:`~leantune.serve.tasks`: the HTTP API;
-- :mod:`~leantune.serve.runs`: the one module that reads leantune's run folders, tasks and methods.
+- :mod:`~leantune.serve.runs`: the one module that reaches into leantune's tasks and methods (run folders are read
+  by :mod:`leantune.run.loader`).
 
 In-process use (a playground, a test): :func:`build_server` loads the runs, ``create_app(server)`` is the FastAPI
 app (its lifespan starts and drains the engines; when it is mounted inside another app, whose lifespan Starlette

@@ -21,16 +21,9 @@ import torch
 from torch import nn
 
 from leantune.errors import LeantuneError
+from leantune.run.loader import ServedRun, load_base, make_run_task, read_run, run_tokenizer
 from leantune.serve.layers import RowContext, Segment, wrap_model
-from leantune.serve.runs import (
-    ServedRun,
-    chat_prompt,
-    load_base,
-    load_tokenizer,
-    make_run_task,
-    meta_model,
-    read_run,
-)
+from leantune.serve.runs import chat_prompt, meta_model
 from leantune.serve.weights import AdapterRejected, AdapterWeights, load_adapter_weights
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
@@ -90,7 +83,7 @@ class ServedAdapter:
 def load_served_base(name: str, run: ServedRun, loaded: list[ServedBase]) -> ServedBase:
     """The base ``run`` needs. An encoder already loaded from the same weights for another task (classification
     and extractive QA on one MiniLM) is shared: only the task head is new; both then take turns on one lock."""
-    tokenizer = load_tokenizer(run)
+    tokenizer = run_tokenizer(run)
     model = load_base(run, tokenizer)
     donor, prefix = _backbone_donor(model, run, loaded)
     if donor is None:

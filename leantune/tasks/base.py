@@ -27,6 +27,7 @@ from leantune.data.labels import stratified_split
 from leantune.data.writers import write_jsonl
 from leantune.errors import LeantuneError
 from leantune.models.loading import pretrained
+from leantune.run.layout import PREDICTIONS_FILE
 
 if TYPE_CHECKING:
     from leantune.config import RunConfig
@@ -238,4 +239,4 @@ class Task(ABC):
     def finish(self, run_dir: Path) -> None:
         """After training: write the last evaluation's predictions beside their references, if there are any."""
         if self.last_predictions:
-            write_jsonl(run_dir / "predictions.jsonl", self.last_predictions)
+            write_jsonl(run_dir / PREDICTIONS_FILE, self.last_predictions)

@@ -27,6 +27,7 @@ from leantune.data.cleaning import clean_records
 from leantune.data.labels import build_label_map
 from leantune.data.readers import read_records
 from leantune.errors import LeantuneError
+from leantune.run.layout import LABELS_FILE
 from leantune.tasks.base import MODEL_INPUTS, Task, TaskArgs
 
 if TYPE_CHECKING:
@@ -428,10 +429,10 @@ class ClassificationTask(Task):
 
     # ---------------------------------------------------------------- the run folder
     def save_artifacts(self, run_dir: Path) -> None:
-        (run_dir / "labels.json").write_text(json.dumps(self.labels, indent=2) + "\n")
+        (run_dir / LABELS_FILE).write_text(json.dumps(self.labels, indent=2) + "\n")
 
     def load_artifacts(self, run_dir: Path) -> None:
-        labels_file = run_dir / "labels.json"
+        labels_file = run_dir / LABELS_FILE
         if not labels_file.is_file():
-            raise LeantuneError(f"{run_dir}: a classification run needs its labels.json, and it has none.")
+            raise LeantuneError(f"{run_dir}: a classification run needs its {LABELS_FILE}, and it has none.")
         self.labels = json.loads(labels_file.read_text())

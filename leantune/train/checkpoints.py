@@ -38,13 +38,18 @@ from torch import nn
 
 from leantune.errors import LeantuneError
 from leantune.files import atomic_write, atomic_write_text, fsync_dir
+from leantune.run.layout import (
+    ADAPTER_DIR,
+    BEST,
+    CHECKPOINTS,
+    LATEST,
+    STEP_PREFIX,
+    TRAINABLE,
+    candidates,
+    checkpoint_name,
+)
 from leantune.tensors import full_tensor, is_sharded, load_full_into
 from leantune.train.distributed import Dist
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-BEST = "checkpoint-best"
-TRAINABLE = "trainable.safetensors"
 
 
 @dataclass
@@ -72,7 +77,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
 
     dist = dist or Dist()
     root = run_dir / CHECKPOINTS
-    name = f"step-{state.step:07d}"
+    name = checkpoint_name(state.step)
     tmp = root / f".tmp-{name}"
     tensors = trainable_state(model)  # collective when sharded
     if dist.main:
@@ -81,7 +86,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             shutil.rmtree(tmp)
         tmp.mkdir()
         save_file(tensors, str(tmp / TRAINABLE))
-    lt.save_adapter(model, tmp / "adapter", write=dist.main)
+    lt.save_adapter(model, tmp / ADAPTER_DIR, write=dist.main)
     dist.barrier()
     tmp.mkdir(parents=True, exist_ok=True)  # (another node's view of the folder, without a shared filesystem)
     torch.save({"optimizer": _local_optimizer_state(optimizer), "scheduler": scheduler.state_dict()},
@@ -185,7 +190,7 @@ def _fsync_tree(folder: Path) -> None:
 def _prune(root: Path, keep_last: int, keep: str) -> None:
     """Keep the newest ``keep_last`` checkpoints (and the one ``latest`` names); drop unfinished temporaries (the
     one being written is already in place when this runs, so every ``.tmp-*`` left is from a crash)."""
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX))
     for old in steps[:-keep_last] if keep_last > 0 else steps:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
@@ -222,17 +227,6 @@ def verify(folder: Path) -> str | None:
         if _sha256(path) != entry["sha256"]:
             return f"{name} does not match its checksum"
     return None
-
-
-def candidates(run_dir: Path) -> list[Path]:
-    """Checkpoints to try, best first: the one ``latest`` names, then the others from the newest."""
-    root = run_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    steps = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
-    latest_file = root / LATEST
-    latest = latest_file.read_text().strip() if latest_file.is_file() else ""
-    return sorted(steps, key=lambda p: p.name != latest)
 
 
 def load_latest_checkpoint(run_dir: Path, warn: Any = print, dist: Dist | None = None) -> Checkpoint | None:

@@ -26,10 +26,10 @@ from leantune.config import RunConfig
 from leantune.data.batching import pad_batch
 from leantune.data.packing import pack_examples
 from leantune.models.quantize import is_quantized_layer
+from leantune.system.device import autocast_dtype
+from leantune.system.memory import current_rss_mb
 from leantune.tasks.base import Task
 from leantune.train.activation_checkpointing import transformer_blocks
-from leantune.train.device import autocast_dtype
-from leantune.train.memory import current_rss_mb
 from leantune.train.setup import load_task, prepare_model, setup_process
 
 MB = 2**20

@@ -5,35 +5,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import statistics
-import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-from leantune.errors import LeantuneError
-
-
-class TrainingInterrupted(LeantuneError):
-    """Training stopped on a signal after writing a checkpoint; the message says how to resume."""
+from leantune.system.signals import signal_handlers
 
 
 class StopRequest:
     requested: str | None = None
-
-
-@contextlib.contextmanager
-def signal_handlers(handler: Callable[[int, Any], None], signals: tuple[signal.Signals, ...]) -> Iterator[None]:
-    """Within the block ``handler`` handles ``signals``; the previous handlers come back after it. Off the main
-    thread (where Python cannot install handlers) the block runs with the handlers unchanged."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextlib.contextmanager

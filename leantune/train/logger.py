@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leantune.run.layout import LOG_FILE
+
 
 class RunLogger:
     """Writes every logged row to ``train_log.jsonl`` at once (nothing lost on a crash) and shows progress."""
 
     def __init__(self, run_dir: Path, total_steps: int, quiet: bool = False, enabled: bool = True) -> None:
         """``enabled=False`` (every rank but the first of a multi-process run) logs nothing anywhere."""
-        self.path = run_dir / "train_log.jsonl"
+        self.path = run_dir / LOG_FILE
         self.enabled = enabled
         self.file = self.path.open("a", encoding="utf-8") if enabled else None
         self.quiet = quiet

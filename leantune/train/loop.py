@@ -4,7 +4,6 @@ checkpoint, stop cleanly) and :func:`finish` (end checkpoint, best weights back,
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +18,13 @@ from leantune.config import RunConfig
 from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.packing import pack_examples
 from leantune.errors import LeantuneError
-from leantune.files import atomic_write_text
+from leantune.run.files import write_metrics
+from leantune.run.layout import ADAPTER_DIR, BEST, LOG_FILE, LOSS_PLOT, candidates
+from leantune.run.status import mark_ended
+from leantune.system.memory import heap_trimmer, peak_memory
+from leantune.system.signals import TrainingInterrupted
 from leantune.tasks.base import Task
 from leantune.train.checkpoints import (
-    BEST,
-    candidates,
     load_best,
     restore_trainable,
     save_best,
@@ -31,11 +32,9 @@ from leantune.train.checkpoints import (
     trainable_state,
 )
 from leantune.train.distributed import Dist, global_batches, init_distributed, no_gradient_sync, shutdown
-from leantune.train.guards import SpikeDetector, StopRequest, TrainingInterrupted, stop_requests
+from leantune.train.guards import SpikeDetector, StopRequest, stop_requests
 from leantune.train.logger import plot_run
-from leantune.train.memory import heap_trimmer, peak_memory
 from leantune.train.setup import Run, setup_run
-from leantune.train.status import mark_ended
 
 
 @dataclass
@@ -203,11 +202,11 @@ def finish(run: Run, train_seconds: float) -> RunResult:
                     "train_seconds": round(train_seconds, 1), **memory})
     run.logger.close()
 
-    lt.save_adapter(run.unwrapped, run.run_dir / "adapter", write=dist.main)  # whole, gathered from the shards
+    lt.save_adapter(run.unwrapped, run.run_dir / ADAPTER_DIR, write=dist.main)  # whole, gathered from the shards
     if dist.main:
         run.task.finish(run.run_dir)
-        atomic_write_text(run.run_dir / "metrics.json", json.dumps(after, indent=2) + "\n")
-        plot_run(run.run_dir / "train_log.jsonl", run.run_dir / "loss.png", run.metric)
+        write_metrics(run.run_dir, after)
+        plot_run(run.run_dir / LOG_FILE, run.run_dir / LOSS_PLOT, run.metric)
     dist.barrier()
     return RunResult(run.run_dir, state.before, after, run.trainable, run.total, state.step, train_seconds,
                      run.task.report, memory)

@@ -26,6 +26,9 @@ from leantune.models.loading import load_tokenizer
 from leantune.models.preflight import preflight
 from leantune.models.quantize import quantize_model, resolve_backend
 from leantune.models.registry import resolve_model
+from leantune.run.layout import CONFIG_FILE, STATUS_FILE
+from leantune.run.status import is_running, mark_running, read_status, update_running
+from leantune.system.device import autocast_dtype, pick_device, seed_everything
 from leantune.tasks import make_task
 from leantune.tasks.base import Task
 from leantune.train.activation_checkpointing import enable_activation_checkpointing
@@ -36,12 +39,10 @@ from leantune.train.checkpoints import (
     restore_trainable,
     set_rng_state,
 )
-from leantune.train.device import autocast_dtype, pick_device, seed_everything
 from leantune.train.distributed import Dist, unwrap, wrap_model
 from leantune.train.logger import RunLogger
 from leantune.train.optim import build_optimizer, build_scheduler
 from leantune.train.resume import find_resume_point
-from leantune.train.status import STATUS_FILE, is_running, mark_running, read_status, update_running
 
 
 @dataclass
@@ -88,7 +89,7 @@ def setup_run(cfg: RunConfig, dist: Dist | None = None, overwrite: bool = False,
     model_path, task = load_task(cfg)
     train_features, eval_features = task.prepare()
     if dist.main:
-        dump_config(cfg, run_dir / "config.yaml")
+        dump_config(cfg, run_dir / CONFIG_FILE)
         if checkpoint is None:
             task.save_artifacts(run_dir)
 
@@ -170,7 +171,7 @@ def setup_process(tc: TrainConfig, dist: Dist | None = None) -> torch.device:
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     seed_everything(tc.seed)
-    return pick_device(dist)
+    return pick_device(dist.local_rank if dist is not None and dist.active else None)
 
 
 def load_task(cfg: RunConfig) -> tuple[str, Task]:

@@ -11,8 +11,10 @@ from leantune.compare import write_report
 from leantune.compare.report import headers, table_rows
 from leantune.compare.results import MethodResult, add_gaps, failed_result, read_result
 from leantune.errors import LeantuneError
+from leantune.run.files import read_config
+from leantune.run.status import run_status
 from leantune.tasks import task_class
-from leantune.ui.runs import headline_metric, read_config, run_status
+from leantune.ui.runs import headline_metric
 
 
 def compare_runs(root: Path, runs: list[tuple[str, Path]]) -> dict[str, Any]:

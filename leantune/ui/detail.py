@@ -9,11 +9,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from leantune.compare.plan import ERROR_FILE
-from leantune.compare.results import read_log
-from leantune.train.checkpoints import BEST, CHECKPOINTS, LATEST
-from leantune.train.status import read_status
-from leantune.ui.runs import read_json, summarize
+from leantune.run.files import read_json, read_log, read_metrics
+from leantune.run.layout import (
+    BEST,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    ERROR_FILE,
+    LABELS_FILE,
+    LATEST,
+    PREDICTIONS_FILE,
+)
+from leantune.run.status import read_status
+from leantune.ui.runs import summarize
 
 SAMPLE_PREDICTIONS = 20
 LOG_LINES = 30
@@ -28,7 +35,7 @@ def run_detail(root: Path, run_dir: Path, launch_log: Path | None = None) -> dic
         "summary": summary.as_dict(),
         "curves": curves(rows),
         "progress": progress(rows, summary.step, summary.total, summary.status, record),
-        "config": _text(run_dir / "config.yaml"),
+        "config": _text(run_dir / CONFIG_FILE),
         "metrics": None,
         "confusion": None,
         "predictions": predictions(run_dir),
@@ -36,7 +43,7 @@ def run_detail(root: Path, run_dir: Path, launch_log: Path | None = None) -> dic
         "error": summary.error,
         "log_tail": None,
     }
-    metrics = read_json(run_dir / "metrics.json")
+    metrics = read_metrics(run_dir)
     if isinstance(metrics, dict) and summary.status != "running":
         detail["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
         detail["confusion"] = confusion(run_dir, metrics)
@@ -78,7 +85,7 @@ def confusion(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
     matrix = metrics.get("confusion_matrix")
     if not isinstance(matrix, list) or not matrix:
         return None
-    labels = read_json(run_dir / "labels.json")
+    labels = read_json(run_dir / LABELS_FILE)
     if not isinstance(labels, list) or len(labels) != len(matrix):
         labels = [str(i) for i in range(len(matrix))]
     per_class = metrics.get("per_class") if isinstance(metrics.get("per_class"), dict) else None
@@ -87,7 +94,7 @@ def confusion(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
 
 def predictions(run_dir: Path) -> list[dict[str, Any]]:
     """The first sample predictions beside their references (generative and QA tasks write predictions.jsonl)."""
-    path = run_dir / "predictions.jsonl"
+    path = run_dir / PREDICTIONS_FILE
     rows: list[dict[str, Any]] = []
     if not path.is_file():
         return rows

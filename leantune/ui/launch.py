@@ -17,9 +17,9 @@ from typing import Any
 from leantune.compare.runner import error_line
 from leantune.errors import LeantuneError
 from leantune.files import atomic_write_text
-from leantune.train.checkpoints import candidates
-from leantune.train.status import is_running, process_alive, read_status
-from leantune.ui.runs import read_config
+from leantune.run.files import read_config
+from leantune.run.layout import CONFIG_FILE, candidates
+from leantune.run.status import is_running, process_alive, read_status
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
@@ -88,7 +88,7 @@ class Launcher:
             raise LeantuneError(f"{run_dir.name} has no checkpoint to resume from.")
         output_dir = Path(str(read_config(run_dir).get("output_dir", "")))
         cwd = _start_folder(run_dir, output_dir)
-        argv = ["train", str(run_dir / "config.yaml"), "--quiet", "--resume"]
+        argv = ["train", str(run_dir / CONFIG_FILE), "--quiet", "--resume"]
         argv += ["--set", f"train.max_steps={max_steps}"] if max_steps else []
         return self._start(argv, run_dir, cwd)
 

@@ -4,21 +4,17 @@ headline metric. Nothing is remembered between requests, so a reload or a second
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from leantune.compare.plan import ERROR_FILE
-from leantune.compare.results import read_log
+from leantune.run.files import read_config, read_log, read_metrics
+from leantune.run.layout import ADAPTER_DIR, BEST, CHECKPOINTS, CONFIG_FILE, STATUS_FILE, is_run_folder
+from leantune.run.status import read_status, run_status
 from leantune.tasks import TASKS
-from leantune.train.checkpoints import BEST, CHECKPOINTS, candidates
-from leantune.train.status import STATUS_FILE, is_running, read_status
 
-SKIP = {CHECKPOINTS, BEST, "adapter", ".ui", "logs", "configs"}
+SKIP = {CHECKPOINTS, BEST, ADAPTER_DIR, ".ui", "logs", "configs"}
 MAX_DEPTH = 4
 
 
@@ -50,7 +46,7 @@ def find_runs(root: Path) -> list[Path]:
     found: list[Path] = []
 
     def walk(folder: Path, depth: int) -> None:
-        if folder != root and ((folder / "config.yaml").is_file() or (folder / STATUS_FILE).is_file()):
+        if folder != root and (is_run_folder(folder) or (folder / STATUS_FILE).is_file()):
             found.append(folder)
         if depth >= MAX_DEPTH:
             return
@@ -66,51 +62,11 @@ def find_runs(root: Path) -> list[Path]:
     return found
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved config as saved (raw YAML; {} when unreadable)."""
-    try:
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def headline_metric(cfg: dict[str, Any]) -> str | None:
     """The metric that ranks the run: ``train.metric``, else its task's default."""
     train = cfg.get("train") or {}
     task = TASKS.get(cfg.get("task", "classification"))
     return train.get("metric") or (task.default_metric if task else None)
-
-
-def run_status(run_dir: Path, record: dict[str, Any] | None = None) -> tuple[str, str | None]:
-    """(status, error line) of a run. With a status record: its process checked when it says running (a process
-    gone without a word leaves the run interrupted when it has a checkpoint, else failed); without one (older runs,
-    compare failures): from metrics.json, error.txt and checkpoints."""
-    record = read_status(run_dir) if record is None else record
-    has_checkpoint = bool(candidates(run_dir))
-    error_file = run_dir / ERROR_FILE
-    state = record.get("status")
-    if state == "running":
-        if is_running(record):
-            return "running", None
-        why = f"the training process (pid {record.get('pid')}) ended without recording a result (killed?)"
-        return ("interrupted", why) if has_checkpoint else ("failed", why)
-    if state == "failed" or (state is None and error_file.is_file()):
-        return "failed", record.get("error") or _first_line(error_file) or "failed"
-    if state in ("finished", "interrupted"):
-        return state, None
-    if (run_dir / "metrics.json").is_file() and (run_dir / "adapter").is_dir():
-        return "finished", None
-    if has_checkpoint:
-        return "interrupted", None
-    return "failed", "the run left no result and no checkpoint"
 
 
 def train_steps(rows: list[dict[str, Any]]) -> int:
@@ -127,7 +83,7 @@ def summarize(root: Path, run_dir: Path) -> RunSummary:
     rows = read_log(run_dir)
     metric = headline_metric(cfg)
     value = None
-    metrics = read_json(run_dir / "metrics.json") if status == "finished" else None
+    metrics = read_metrics(run_dir) if status == "finished" else None
     if isinstance(metrics, dict) and isinstance(metrics.get(metric), (int, float)):
         value = float(metrics[metric])
     else:
@@ -137,7 +93,7 @@ def summarize(root: Path, run_dir: Path) -> RunSummary:
     step = train_steps(rows)
     if status == "finished" and total is None:
         total = step
-    started = record.get("started") or _mtime(run_dir / "config.yaml")
+    started = record.get("started") or _mtime(run_dir / CONFIG_FILE)
     return RunSummary(
         name=run_dir.relative_to(root).as_posix(), task=str(cfg.get("task", "classification")),
         method=str(cfg.get("method", "lora")), model=str(cfg.get("model", "")), status=status, step=step,
@@ -152,14 +108,6 @@ def _duration(record: dict[str, Any], rows: list[dict[str, Any]], status: str) -
             return end - record["started"]
     elapsed = [r["elapsed_s"] for r in rows if "elapsed_s" in r]
     return max(elapsed) if elapsed else None
-
-
-def _first_line(path: Path) -> str | None:
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    except OSError:
-        return None
-    return lines[0] if lines else None
 
 
 def _mtime(path: Path) -> float | None:

@@ -121,8 +121,8 @@ def test_a_lokr_run_trains_end_to_end_loads_in_peft_and_converts_to_lora(tmp_pat
     from transformers import BertForSequenceClassification
 
     from leantune.config import validate_config
+    from leantune.run.loader import load_run
     from leantune.train.loop import fine_tune
-    from leantune.train.runs import load_run
 
     model_dir = save_tiny_bert(tmp_path / "bert", pooling="mean")
     cfg = validate_config({

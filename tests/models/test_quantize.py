@@ -125,8 +125,8 @@ def test_qlora_run_end_to_end(tmp_path):
     from tiny_models import save_tiny_llama
 
     from leantune.config import validate_config
+    from leantune.run.loader import load_run
     from leantune.train.loop import fine_tune
-    from leantune.train.runs import load_run
 
     rows = [{"instruction": f"What colour is item {i}?", "output": ["red", "blue"][i % 2]} for i in range(80)]
     folder = save_tiny_llama(tmp_path / "m", [r["instruction"] + " " + r["output"] for r in rows])

@@ -11,7 +11,7 @@ from conftest import GENERATIVE, httpx
 
 from leantune.decoding import complete_text
 from leantune.generate import eos_ids, generate_ids
-from leantune.train.runs import load_run
+from leantune.run.loader import load_run
 
 MESSAGES = [{"role": "user", "content": "What colour is item 3?"}]
 

@@ -13,8 +13,8 @@ from conftest import GENERATIVE, LiveServer, httpx, one_thread
 
 from leantune.decoding import complete_text
 from leantune.generate import eos_ids, generate, generate_ids
+from leantune.run.loader import load_run
 from leantune.serve.server import ServeOptions, Server
-from leantune.train.runs import load_run
 
 PROMPTS = ["What colour is item 3?", "hello world", "What colour is item 42? the a is"]
 

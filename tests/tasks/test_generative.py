@@ -13,10 +13,10 @@ from leantune.config import validate_config
 from leantune.errors import LeantuneError
 from leantune.generate import eos_ids, generate_ids
 from leantune.models.loading import load_tokenizer
+from leantune.run.loader import load_run
 from leantune.tasks import make_task
 from leantune.tasks.generative import Example
 from leantune.train.loop import fine_tune
-from leantune.train.runs import load_run
 
 COLORS = ["red", "blue", "green", "yellow"]
 ROWS = [{"instruction": f"What colour is item {i}?", "input": "", "output": COLORS[i % 4]} for i in range(160)]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from leantune.errors import LeantuneError
+from leantune.run.status import run_status
 from leantune.ui.launch import Launcher, _start_folder
-from leantune.ui.runs import find_runs, resolve_run, run_status
+from leantune.ui.runs import find_runs, resolve_run
 
 
 def _run(root: Path, name: str, *, status: dict | None = None, metrics: bool = False, checkpoint: bool = False,

@@ -1,8 +1,10 @@
-"""A run folder's ``status.json``: which process trains it, and how that process ended (finished, interrupted, or
-failed with its error line and the end of its traceback), so that a dashboard or a script can tell a running run
-from a dead one by reading the folder and checking the process, never by remembering.
+"""A run's state: its ``status.json`` (which process trains it, and how that process ended: finished, interrupted,
+or failed with its error line and the end of its traceback), and :func:`run_status`, the one decision of whether a
+run is running, finished, interrupted or failed, made by reading the folder and checking the process, never by
+remembering.
 
-Written atomically by the first process of the run; a process only ever records the end of a run it started."""
+``status.json`` is written atomically by the first process of the run; a process only ever records the end of a
+run it started."""
 
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from typing import Any
 
 from leantune.errors import LeantuneError
 from leantune.files import atomic_write_text
-
-STATUS_FILE = "status.json"
+from leantune.run.files import error_first_line
+from leantune.run.layout import ERROR_FILE, STATUS_FILE, candidates, has_result
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -98,3 +100,27 @@ def process_alive(pid: int | None) -> bool:
         return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True  # no /proc: kill(0) said it exists
+
+
+def run_status(run_dir: Path, record: dict[str, Any] | None = None) -> tuple[str, str | None]:
+    """(status, error line) of a run: running, finished, interrupted or failed. With a status record: its process
+    checked when it says running (a process gone without a word leaves the run interrupted when it has a
+    checkpoint, else failed); without one (older runs, compare failures): from metrics.json, error.txt and
+    checkpoints."""
+    record = read_status(run_dir) if record is None else record
+    has_checkpoint = bool(candidates(run_dir))
+    state = record.get("status")
+    if state == "running":
+        if is_running(record):
+            return "running", None
+        why = f"the training process (pid {record.get('pid')}) ended without recording a result (killed?)"
+        return ("interrupted", why) if has_checkpoint else ("failed", why)
+    if state == "failed" or (state is None and (run_dir / ERROR_FILE).is_file()):
+        return "failed", record.get("error") or error_first_line(run_dir) or "failed"
+    if state in ("finished", "interrupted"):
+        return state, None
+    if has_result(run_dir):
+        return "finished", None
+    if has_checkpoint:
+        return "interrupted", None
+    return "failed", "the run left no result and no checkpoint"

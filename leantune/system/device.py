@@ -6,13 +6,11 @@ import random
 
 import torch
 
-from leantune.train.distributed import Dist
 
-
-def pick_device(dist: Dist | None = None) -> torch.device:
-    """This process's device: its own GPU (``LOCAL_RANK``'s under torchrun) when there is one, else the CPU."""
+def pick_device(local_rank: int | None = None) -> torch.device:
+    """This process's device: its own GPU (``local_rank``'s, under torchrun) when there is one, else the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", dist.local_rank) if dist is not None and dist.active else torch.device("cuda")
+        return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
     return torch.device("cpu")
 
 

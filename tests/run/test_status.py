@@ -1,5 +1,5 @@
 """status.json: the process that trains a run, and how it ended (finished, interrupted, failed with its error),
-written by the run's own process only, never into a folder it refused."""
+written by the run's own process only, never into a folder it refused; and the one decision of a run's state."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from tiny_models import save_tiny_bert, sentiment_rows, write_csv
 
 from leantune.config import validate_config
 from leantune.errors import LeantuneError
+from leantune.run.status import is_running, mark_ended, mark_running, process_alive, read_status, run_status
+from leantune.system.signals import TrainingInterrupted
 from leantune.train import loop
-from leantune.train.guards import TrainingInterrupted
 from leantune.train.loop import fine_tune
-from leantune.train.status import is_running, mark_ended, mark_running, process_alive, read_status
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,38 @@ def test_running_record_and_liveness(tmp_path):
     assert read_status(tmp_path) == {"status": "running", "pid": 1}
     (tmp_path / "status.json").write_text("{cut sho")
     assert read_status(tmp_path) == {}
+
+
+def _folder(tmp_path, name: str, *, status: dict | None = None, result: bool = False, checkpoint: bool = False):
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.yaml").write_text("task: classification\n")
+    if status is not None:
+        (run / "status.json").write_text(json.dumps(status))
+    if result:
+        (run / "metrics.json").write_text('{"accuracy": 0.9}')
+        (run / "adapter").mkdir()
+    if checkpoint:
+        (run / "checkpoints" / "step-0000002").mkdir(parents=True)
+        (run / "checkpoints" / "latest").write_text("step-0000002\n")
+    return run
+
+
+def test_the_state_of_a_run_from_its_record(tmp_path):
+    live = _folder(tmp_path, "live")
+    mark_running(live)
+    assert run_status(live) == ("running", None)  # this very process trains it
+    assert run_status(_folder(tmp_path, "done", status={"status": "finished"})) == ("finished", None)
+    assert run_status(_folder(tmp_path, "stopped", status={"status": "interrupted"}, checkpoint=True)) == \
+        ("interrupted", None)
+    assert run_status(_folder(tmp_path, "broke", status={"status": "failed", "error": "out of memory"})) == \
+        ("failed", "out of memory")
+
+
+def test_a_record_outranks_the_files_an_earlier_end_left(tmp_path):
+    """A run that finished once, then was resumed and killed: its old metrics and adapter do not make it finished."""
+    dead = {"status": "running", "pid": 2**22 + 12345, "argv": ["leantune", "train"]}
+    status, why = run_status(_folder(tmp_path, "resumed", status=dead, result=True, checkpoint=True))
+    assert status == "interrupted" and f"pid {dead['pid']}" in why
+    assert run_status(_folder(tmp_path, "old", result=True)) == ("finished", None)  # no record: from the files
+    assert run_status(_folder(tmp_path, "none")) == ("failed", "the run left no result and no checkpoint")
