@@ -30,6 +30,7 @@ from leantune.methods import (
     PromptTuningConfig,
     VeraConfig,
 )
+from leantune.tasks import TASKS  # noqa: F401  (registers every task's task_args schema with the config)
 
 __version__ = "0.1.0"
 

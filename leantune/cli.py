@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 def cmd_methods(args: argparse.Namespace) -> None:
     """Print, for every method, how many parameters it trains on a model."""
-    from leantune.methods.catalog import method_table
+    from leantune.method_table import method_table
 
     rows = method_table(args.model, args.task)
     from rich.console import Console

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import yaml
 from pydantic import (
@@ -21,11 +21,40 @@ from pydantic import (
 from leantune.errors import LeantuneError
 from leantune.methods.base import MethodConfig
 from leantune.methods.registry import METHOD_NAMES, REGISTRY, method_config
-from leantune.tasks import TASK_NAMES, TaskArgs, task_class
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class TaskArgs(_Strict):
+    """A task's own settings (``task_args:`` in the run config): every key known, every error names its key."""
+
+
+class TaskSchema(Protocol):
+    """What the config asks of a task: its ``task_args`` schema and its checks of a whole config."""
+
+    Args: ClassVar[type[TaskArgs]]
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None: ...
+
+
+TASK_SCHEMAS: dict[str, TaskSchema] = {}
+"""Every task by its ``task:`` name, registered from below by ``leantune/tasks/__init__.py`` (importing
+``leantune`` imports the tasks, so the registry is full before any config is validated)."""
+
+
+def register_tasks(tasks: dict[str, TaskSchema]) -> None:
+    """Make ``tasks`` (name -> task class) the values ``task:`` accepts, each with its ``task_args`` schema."""
+    TASK_SCHEMAS.update(tasks)
+
+
+def task_schema(name: str) -> TaskSchema:
+    """The task called ``name`` (an error listing the task names when there is none)."""
+    if name not in TASK_SCHEMAS:
+        raise ValueError(f"'{name}' is not a task; choose one of {', '.join(TASK_SCHEMAS)}")
+    return TASK_SCHEMAS[name]
 
 
 class CleanConfig(_Strict):
@@ -167,7 +196,8 @@ class RunConfig(_Strict):
 
     model: str
     """Embedded alias (minilm, smollm2), a local folder, or a hub id."""
-    task: Literal[TASK_NAMES] = "classification"  # type: ignore[valid-type]
+    task: str = "classification"
+    """A name from leantune/tasks/ (classification, instruction, translation, extractive_qa)."""
     task_args: SerializeAsAny[TaskArgs] = Field(default_factory=TaskArgs, validate_default=True)
     """The task's own settings, validated by the task (leantune/tasks/): e.g. classification's text_column and
     pooling, translation's source_lang and target_lang, instruction's max_new_tokens, extractive QA's doc_stride."""
@@ -191,13 +221,19 @@ class RunConfig(_Strict):
     compare: CompareConfig | None = None
     """``leantune compare``'s per-method settings (not used by a single run)."""
 
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        task_schema(value)
+        return value
+
     @field_validator("task_args", mode="before")
     @classmethod
     def _task_args(cls, value: Any, info: ValidationInfo) -> Any:
         """Validate ``task_args`` with the schema of the task the config names."""
         if "task" not in info.data:
             return TaskArgs()  # the task itself is wrong: that error is enough
-        schema = task_class(info.data["task"]).Args
+        schema = task_schema(info.data["task"]).Args
         if isinstance(value, schema):
             return value
         return schema.model_validate(value.model_dump() if isinstance(value, BaseModel) else value or {})
@@ -216,7 +252,7 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_method(self) -> RunConfig:
-        task_class(self.task).check_config(self)
+        task_schema(self.task).check_config(self)
         if self.quantize != "none" and self.method == "full":
             raise ValueError(f"quantize: {self.quantize} freezes the base in low precision; full fine-tuning needs "
                              "its weights in full precision (use a LoRA-family method, or quantize: none)")
@@ -232,7 +268,7 @@ def _valid_keys(model: type[BaseModel], loc: tuple, raw: dict[str, Any]) -> list
     for depth, part in enumerate(loc):
         if depth == 0 and part == "task_args":  # its schema is the task's
             try:
-                current = task_class(raw.get("task", "classification")).Args
+                current = task_schema(raw.get("task", "classification")).Args
             except ValueError:
                 return []
             continue

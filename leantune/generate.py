@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from leantune.decoding import complete_text
+from leantune.detokenize import complete_text
 from leantune.models.compat import cache_kwarg, last_logits_only, output_cache
 
 

@@ -19,13 +19,13 @@ import yaml
 from tiny_models import save_tiny_bert, sentiment_rows, write_csv
 
 from leantune.compare import run_compare, write_report
-from leantune.compare.plan import DEFAULT_LR, parse_methods, plan_methods
+from leantune.compare.plan import parse_methods, plan_methods
 from leantune.compare.report import pareto_front
 from leantune.compare.results import MethodResult, add_gaps
 from leantune.compare.runner import _train_process
 from leantune.config import validate_config
 from leantune.errors import LeantuneError
-from leantune.methods.registry import METHOD_NAMES
+from leantune.methods.registry import METHOD_NAMES, REGISTRY
 from leantune.run.layout import ERROR_FILE
 from leantune.system.signals import TrainingInterrupted
 from leantune.train.loop import fine_tune
@@ -63,7 +63,7 @@ def test_pareto_front_higher_and_lower_is_better():
 
 
 def test_every_method_has_a_default_lr_and_methods_are_checked():
-    assert set(DEFAULT_LR) == set(METHOD_NAMES)
+    assert all(REGISTRY[name].lr > 0 for name in METHOD_NAMES)
     assert parse_methods("lora, head") == ["lora", "head"]
     with pytest.raises(LeantuneError, match="unknown method 'loar'"):
         parse_methods("lora,loar")
@@ -74,7 +74,7 @@ def test_every_method_has_a_default_lr_and_methods_are_checked():
 def test_plan_uses_compare_section_own_settings_and_defaults(setup, tmp_path):
     raw = yaml.safe_load(_config(setup, "plan", lr=4e-3).read_text())
     plans = {p.method: p for p in plan_methods(raw, ["lora", "dora", "head", "full", "prefix"], tmp_path, "c.yaml")}
-    assert plans["lora"].lr == 4e-3 and plans["head"].lr == 2e-2 and plans["full"].lr == DEFAULT_LR["full"]
+    assert plans["lora"].lr == 4e-3 and plans["head"].lr == 2e-2 and plans["full"].lr == REGISTRY["full"].lr
     assert plans["dora"].cfg.method_args.r == 2 and plans["dora"].cfg.method_args.use_dora
     assert plans["prefix"].cfg.method_args.num_virtual_tokens == 2
     for p in plans.values():

@@ -90,7 +90,7 @@ def test_task_args_are_typed_per_task(tmp_path):
         validate_config({**BASE, "task_args": {"max_new_tokens": 8}})
     with pytest.raises(LeantuneError, match=r"task_args.doc_stride \(64\) must be below half of train.max_length"):
         validate_config({**BASE, "task": "extractive_qa", "task_args": {"doc_stride": 64}})
-    with pytest.raises(LeantuneError, match=r"'task': Input should be 'classification', 'instruction'"):
+    with pytest.raises(LeantuneError, match=r"'task': 'summarisation' is not a task; choose one of classification, instruction"):
         validate_config({**BASE, "task": "summarisation"})
     # the saved config reads back as it was
     dump_config(cfg, tmp_path / "c.yaml")

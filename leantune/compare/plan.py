@@ -16,13 +16,6 @@ from leantune.run.layout import candidates, has_result
 from leantune.run.loader import run_config
 from leantune.run.status import run_status
 
-DEFAULT_LR: dict[str, float] = {
-    "head": 1e-2, "lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "prompt": 3e-2, "prefix": 3e-2, "bottleneck": 1e-3,
-    "bitfit": 2e-3, "full": 5e-5, "lokr": 1e-3, "oft": 1e-3, "vera": 1e-2,
-}
-"""Learning rates that worked on SST-2 / MiniLM (benchmarks/classification.py) for each method; lokr, oft and vera
-are starting points not yet measured there (LoRA's rate, and 10x for VeRA's scaling vectors)."""
-
 HARMLESS_CHANGES = {"train.num_threads", "train.log_every", "train.save_every", "train.keep_last",
                     "train.max_nonfinite_steps", "train.spike_factor"}
 """Config changes that leave a finished run's result as it is (it is not trained again)."""
@@ -63,7 +56,7 @@ def plan_methods(raw: dict[str, Any], methods: list[str], out_dir: Path, source:
     plans = []
     for method in methods:
         run_dir = out_dir / "runs" / method
-        lr = lrs.get(method) or _own_lr(raw, method) or DEFAULT_LR.get(method) or _train(raw).get("lr")
+        lr = lrs.get(method) or _own_lr(raw, method) or method_spec(method).lr
         method_raw = copy.deepcopy({k: v for k, v in raw.items() if k != "compare"})
         method_raw.update(method=method, method_args=args.get(method, _own_method_args(raw, method)),
                           output_dir=str(run_dir))

@@ -4,8 +4,7 @@ transformers writes the norm as six tensor ops (``pow``, ``mean``, ``add``, ``rs
 runs about ten more in backward, each a pass over the hidden states with a fresh buffer. Here the forward is one
 reduction (the vector norm) and two passes into one buffer; backward is four passes into one buffer and keeps
 only the input and the per-token ``1 / rms`` (autograd also keeps the normalised tensor). Every norm of a decoder
-runs twice per layer on every token (Gemma 3: four times, plus its query and key norms), so on CPU this is about
-5% of a LoRA step (SmolLM2).
+runs twice per layer on every token (Gemma 3: four times, plus its query and key norms).
 Outputs and gradients equal the model's own norm up to floating-point rounding; float32 only (other dtypes run
 the model's own forward, which casts between the reduction and the weight in a family-specific order).
 """
@@ -59,9 +58,9 @@ def _lean_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return rms_norm(x, self.weight, self.variance_epsilon)
 
 
-def lean_rms_norms(model: nn.Module) -> int:
-    """Make every RMSNorm of ``model`` (:data:`WEIGHT_TIMES_NORM`, :data:`ONE_PLUS_WEIGHT`) one autograd node;
-    returns how many."""
+def patch_model_rms_norms(model: nn.Module) -> int:
+    """Patch the RMSNorm instances of ``model`` (:data:`WEIGHT_TIMES_NORM`, :data:`ONE_PLUS_WEIGHT`; their
+    classes and other models are left alone) so that each is one autograd node; returns how many."""
     norms = [m for m in model.modules() if type(m).__name__ in WEIGHT_TIMES_NORM | ONE_PLUS_WEIGHT]
     for norm in norms:
         norm.forward = types.MethodType(_lean_forward, norm)

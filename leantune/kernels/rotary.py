@@ -3,10 +3,10 @@
 transformers rotates the queries and keys as ``q·cos + rotate_half(q)·sin``, where ``rotate_half`` slices, negates
 and concatenates: five passes and three fresh buffers per tensor, and as many again in backward. Here it is one
 multiplication and two in-place ``addcmul`` on the halves, and backward is the inverse rotation, the same three
-passes; nothing but ``cos`` and ``sin`` is kept for backward. About 2% of a LoRA step on CPU (SmolLM2).
+passes; nothing but ``cos`` and ``sin`` is kept for backward.
 
 transformers' attention layers call the module-level function ``apply_rotary_pos_emb`` of their modeling module,
-so, as Liger-Kernel and Unsloth do, :func:`lean_rotary` replaces that function in the modeling module of the
+so, as Liger-Kernel and Unsloth do, :func:`patch_transformers_rotary` replaces that function in the modeling module of the
 model's family (:data:`ROTARY_FAMILIES`): every model of that family in the process then uses it. The replacement
 gives the same results up to floating-point rounding and falls back to the original for anything but the plain
 case (partial rotary dimensions, mixed dtypes).
@@ -67,9 +67,10 @@ def _lean_apply(original: Callable) -> Callable:
     return apply_rotary_pos_emb
 
 
-def lean_rotary(model: nn.Module) -> bool:
-    """Replace ``apply_rotary_pos_emb`` in the modeling module of ``model``'s family (:data:`ROTARY_FAMILIES`) with
-    the one-node rotation; returns whether the family is one of them."""
+def patch_transformers_rotary(model: nn.Module) -> bool:
+    """Patch transformers for the whole process: replace ``apply_rotary_pos_emb`` in the modeling module of
+    ``model``'s family (:data:`ROTARY_FAMILIES`) with the one-node rotation, so every model of that family in this
+    process uses it (once; the original is the fallback). Returns whether the family is one of them."""
     family = (getattr(getattr(model, "config", None), "model_type", None) or "").removesuffix("_text")
     module = sys.modules.get(f"transformers.models.{family}.modeling_{family}")
     if family not in ROTARY_FAMILIES or module is None:

@@ -3,7 +3,7 @@
 Each method file holds its config (a :class:`~leantune.methods.base.MethodConfig`, peft's ``adapter_config.json``
 both ways) and its :class:`~leantune.methods.base.Method` (how it injects itself into a model). LoRA's variants
 plug into ``lora_variant.py``'s seam (DoRA: ``dora.py``). :data:`~leantune.methods.registry.REGISTRY` maps the
-names used in configs and on the CLI to them; ``catalog.py`` counts what each trains on a model.
+names used in configs and on the CLI to them.
 """
 
 from __future__ import annotations

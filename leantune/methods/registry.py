@@ -27,10 +27,13 @@ from leantune.methods.vera import VeraMethod
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method name: the :class:`Method` that implements it and the config fields the name fixes."""
+    """One method name: the :class:`Method` that implements it, its default learning rate (what ``leantune
+    compare`` trains it with unless told otherwise; ``benchmarks/RESULTS.md`` says where each was measured) and the
+    config fields the name fixes."""
 
     name: str
     method: Method
+    lr: float
     preset: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -46,18 +49,18 @@ _LORA = LoraMethod()
 REGISTRY: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("lora", _LORA),
-        MethodSpec("dora", _LORA, preset={"use_dora": True}),
-        MethodSpec("ia3", IA3Method()),
-        MethodSpec("lokr", LoKrMethod()),
-        MethodSpec("oft", OFTMethod()),
-        MethodSpec("vera", VeraMethod()),
-        MethodSpec("prompt", PromptTuningMethod()),
-        MethodSpec("prefix", PrefixTuningMethod()),
-        MethodSpec("bottleneck", BottleneckMethod()),
-        MethodSpec("bitfit", BitFitMethod()),
-        MethodSpec("head", HeadOnlyMethod()),
-        MethodSpec("full", FullMethod()),
+        MethodSpec("lora", _LORA, lr=1e-3),
+        MethodSpec("dora", _LORA, lr=1e-3, preset={"use_dora": True}),
+        MethodSpec("ia3", IA3Method(), lr=5e-3),
+        MethodSpec("lokr", LoKrMethod(), lr=1e-3),
+        MethodSpec("oft", OFTMethod(), lr=1e-3),
+        MethodSpec("vera", VeraMethod(), lr=1e-2),
+        MethodSpec("prompt", PromptTuningMethod(), lr=3e-2),
+        MethodSpec("prefix", PrefixTuningMethod(), lr=3e-2),
+        MethodSpec("bottleneck", BottleneckMethod(), lr=1e-3),
+        MethodSpec("bitfit", BitFitMethod(), lr=2e-3),
+        MethodSpec("head", HeadOnlyMethod(), lr=1e-2),
+        MethodSpec("full", FullMethod(), lr=5e-5),
     )
 }
 METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)

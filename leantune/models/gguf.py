@@ -1,4 +1,4 @@
-"""Convert a GGUF checkpoint once into a cached transformers folder (SmolLM2-135M: about 25 s on 2 CPU cores)."""
+"""Convert a GGUF checkpoint once into a cached transformers folder."""
 
 from __future__ import annotations
 

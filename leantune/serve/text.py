@@ -1,6 +1,6 @@
 """Generated token ids to text, piece by piece, with stop strings.
 
-Tokens become text through :class:`leantune.decoding.StreamDecoder` (an incomplete UTF-8 character is held back
+Tokens become text through :class:`leantune.detokenize.StreamDecoder` (an incomplete UTF-8 character is held back
 until its last byte arrives, a sentencepiece word decodes as it would in the whole text); on top of that, any tail
 that could be the start of a stop string is held back too, so what has been streamed never has to be taken back.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from leantune.decoding import StreamDecoder
+from leantune.detokenize import StreamDecoder
 
 
 class TextStream:

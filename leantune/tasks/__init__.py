@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from leantune.config import register_tasks
 from leantune.tasks.base import Task, TaskArgs
 from leantune.tasks.classification import ClassificationTask
 from leantune.tasks.extractive_qa import ExtractiveQATask
@@ -19,6 +20,7 @@ TASKS: dict[str, type[Task]] = {
 }
 """Every task by its ``task:`` name."""
 TASK_NAMES = tuple(TASKS)
+register_tasks(TASKS)  # the config validates task and task_args against these
 
 
 def task_class(name: str) -> type[Task]:

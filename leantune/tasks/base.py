@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from leantune.config import TaskArgs
 from leantune.data.bad_rows import BadRows
 from leantune.data.batching import iterate_batches, length_grouped_batches
 from leantune.data.labels import stratified_split
@@ -35,12 +35,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 """The features an encoder-style model reads (targets and bookkeeping fields are left out)."""
-
-
-class TaskArgs(BaseModel):
-    """A task's own settings (``task_args:`` in the run config): every key known, every error names its key."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class Task(ABC):

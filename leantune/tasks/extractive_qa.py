@@ -21,7 +21,7 @@ from torch import nn
 
 from leantune.data.bad_rows import BadRows
 from leantune.data.language import Language
-from leantune.data.squad import answers_of, located_answer, read_qa_records
+from leantune.data.qa_formats import answers_of, located_answer, read_qa_records
 from leantune.errors import LeantuneError
 from leantune.tasks.base import MODEL_INPUTS, Task, TaskArgs
 from leantune.tasks.qa_metrics import qa_scores

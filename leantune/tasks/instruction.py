@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from leantune.data.language import Language
-from leantune.data.squad import answers_of, located_answer, read_qa_records
+from leantune.data.qa_formats import answers_of, located_answer, read_qa_records
 from leantune.errors import LeantuneError
 from leantune.tasks.generative import Example, GenerationArgs, GenerativeTask
 from leantune.tasks.qa_metrics import qa_scores

@@ -18,12 +18,11 @@ from leantune.config import RunConfig, TrainConfig, dump_config
 from leantune.data.packing import pack_examples
 from leantune.errors import LeantuneError
 from leantune.kernels.gated_mlp import lean_gated_mlps
-from leantune.kernels.rms_norm import lean_rms_norms
-from leantune.kernels.rotary import lean_rotary
+from leantune.kernels.rms_norm import patch_model_rms_norms
+from leantune.kernels.rotary import patch_transformers_rotary
 from leantune.methods.lora import compile_lora
 from leantune.methods.registry import method_for_config
 from leantune.models.loading import load_tokenizer
-from leantune.models.preflight import preflight
 from leantune.models.quantize import quantize_model, resolve_backend
 from leantune.models.registry import resolve_model
 from leantune.run.layout import CONFIG_FILE, STATUS_FILE
@@ -42,6 +41,7 @@ from leantune.train.checkpoints import (
 from leantune.train.distributed import Dist, unwrap, wrap_model
 from leantune.train.logger import RunLogger
 from leantune.train.optim import build_optimizer, build_scheduler
+from leantune.train.preflight import preflight
 from leantune.train.resume import find_resume_point
 
 
@@ -196,8 +196,8 @@ def prepare_model(cfg: RunConfig, task: Task, model_path: str, device: torch.dev
         quantized = quantize_model(model, cfg.quantize, resolve_backend(cfg.quantize_backend, device))
     lt.attach(model, cfg.method_args)
     lean_gated_mlps(model)
-    lean_rms_norms(model)
-    lean_rotary(model)
+    patch_model_rms_norms(model)
+    patch_transformers_rotary(model)
     model.to(device)
     if tc.activation_checkpointing if checkpointing is None else checkpointing:
         enable_activation_checkpointing(model)

@@ -9,7 +9,7 @@ import torch
 from tiny_gemma3 import gemma3_lm
 from tiny_models import assert_same_step, llama, training_step
 
-from leantune.kernels.rms_norm import ONE_PLUS_WEIGHT, WEIGHT_TIMES_NORM, lean_rms_norms
+from leantune.kernels.rms_norm import ONE_PLUS_WEIGHT, WEIGHT_TIMES_NORM, patch_model_rms_norms
 
 FAMILIES = {"Llama": "llama", "Mistral": "mistral", "Qwen2": "qwen2", "Qwen3": "qwen3", "Gemma": "gemma",
             "Gemma2": "gemma2", "Gemma3": "gemma3"}
@@ -30,7 +30,7 @@ def _norm(class_name: str, dim: int = 24):
 def test_one_norm_gives_the_models_outputs_and_gradients(class_name, train_weight):
     plain = _norm(class_name)
     lean = copy.deepcopy(plain)
-    assert lean_rms_norms(lean) == 1
+    assert patch_model_rms_norms(lean) == 1
     x = torch.randn(3, 7, 24) * 2.0
     grad = torch.randn(3, 7, 24)
     results = []
@@ -51,7 +51,7 @@ def test_one_norm_gives_the_models_outputs_and_gradients(class_name, train_weigh
 def test_other_dtypes_run_the_models_own_norm():
     plain = _norm("LlamaRMSNorm").to(torch.bfloat16)
     lean = copy.deepcopy(plain)
-    lean_rms_norms(lean)
+    patch_model_rms_norms(lean)
     x = torch.randn(2, 5, 24, dtype=torch.bfloat16)
     assert torch.equal(lean(x), plain(x))
 
@@ -61,6 +61,6 @@ def test_other_dtypes_run_the_models_own_norm():
 def test_a_whole_model_gives_the_same_outputs_and_gradients(make, norms):
     plain = make()
     lean = copy.deepcopy(plain)
-    assert lean_rms_norms(lean) == norms
+    assert patch_model_rms_norms(lean) == norms
     ids = torch.randint(3, 40, (2, 9))
     assert_same_step(training_step(lean, ids), training_step(plain, ids))

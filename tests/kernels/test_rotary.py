@@ -8,7 +8,7 @@ import torch
 from tiny_gemma3 import gemma3_lm
 from tiny_models import assert_same_step, llama, training_step
 
-from leantune.kernels.rotary import ROTARY_FAMILIES, lean_rotary, rotate
+from leantune.kernels.rotary import ROTARY_FAMILIES, patch_transformers_rotary, rotate
 
 
 def _original(family: str):
@@ -47,19 +47,19 @@ def test_installed_once_and_only_for_its_families():
     from transformers import BertConfig, BertModel
 
     model = llama()
-    assert lean_rotary(model) and lean_rotary(model)
+    assert patch_transformers_rotary(model) and patch_transformers_rotary(model)
     installed = modeling.apply_rotary_pos_emb
     assert installed.leantune_original is _original("llama")
     assert not hasattr(installed.leantune_original, "leantune_original")  # not wrapped twice
     bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                 intermediate_size=64))
-    assert not lean_rotary(bert)
+    assert not patch_transformers_rotary(bert)
 
 
 def test_mismatched_dimensions_and_dtypes_fall_back_to_the_original():
     import transformers.models.llama.modeling_llama as modeling
 
-    lean_rotary(llama())
+    patch_transformers_rotary(llama())
     q, k, cos, sin = _rope_inputs()
     short_cos, short_sin = cos[..., :8], sin[..., :8]
     with pytest.raises(RuntimeError):  # transformers' own error for mismatched dimensions, not a silent result
@@ -72,7 +72,7 @@ def test_mismatched_dimensions_and_dtypes_fall_back_to_the_original():
 @pytest.mark.parametrize("family, make", [("llama", llama), ("gemma3", gemma3_lm)])
 def test_a_whole_model_gives_the_same_outputs_and_gradients(family, make, monkeypatch):
     model = make()
-    assert lean_rotary(model)
+    assert patch_transformers_rotary(model)
     module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
     ids = torch.randint(3, 40, (2, 9))
     lean = training_step(model, ids)

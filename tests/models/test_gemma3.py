@@ -78,7 +78,7 @@ def test_the_chunked_gguf_is_joined_and_converted_once_with_the_same_logits(conv
 def test_streamed_gemma_tokens_never_split_a_character(converted):
     from transformers import AutoTokenizer
 
-    from leantune.decoding import StreamDecoder
+    from leantune.detokenize import StreamDecoder
 
     tok = AutoTokenizer.from_pretrained(converted[0])
     text = "the 丂你好，中文 is 丄好"  # 丂 and 丄 are not in the vocabulary: three <0x..> byte tokens each

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import GENERATIVE, httpx
 
-from leantune.decoding import complete_text
+from leantune.detokenize import complete_text
 from leantune.generate import eos_ids, generate_ids
 from leantune.run.loader import load_run
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 from conftest import GENERATIVE, LiveServer, httpx, one_thread
 
-from leantune.decoding import complete_text
+from leantune.detokenize import complete_text
 from leantune.generate import eos_ids, generate, generate_ids
 from leantune.run.loader import load_run
 from leantune.serve.server import ServeOptions, Server

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from leantune.data.squad import locate_answer
+from leantune.data.qa_formats import locate_answer
 from leantune.tasks.qa_metrics import qa_scores, token_f1
 from leantune.tasks.qa_metrics_zh import cmrc_exact_match, cmrc_f1, longest_common_run, mixed_segmentation
 from leantune.tasks.translation_metrics import bleu_tokenizer, translation_scores

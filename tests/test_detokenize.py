@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leantune.decoding import REPLACEMENT, StreamDecoder, complete_text
+from leantune.detokenize import REPLACEMENT, StreamDecoder, complete_text
 
 
 @pytest.fixture(scope="module")

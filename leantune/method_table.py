@@ -1,4 +1,4 @@
-"""What every method, with its default settings, trains on a given model (``leantune methods``)."""
+"""The body of ``leantune methods``: what every method, with its default settings, trains on a given model."""
 
 from __future__ import annotations
 
