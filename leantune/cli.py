@@ -203,7 +203,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     """Serve the dashboard over the run folders under ``--runs``."""
     from leantune.ui.server import serve_ui
 
-    serve_ui(args.runs, args.host, args.port, args.allow)
+    serve_ui(args.runs, args.host, args.port, args.allow, args.allow_host)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow", action="append", default=[], metavar="PATH",
                    help="also launch config files under PATH (default: only under the runs folder's parent and "
                         "the bundled examples)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to NAME (any port) or NAME:PORT, e.g. this machine's name "
+                        "when bound to 0.0.0.0 (default: only the address it binds)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("methods", help="trainable parameters of every method on a model")

@@ -326,7 +326,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise LeantuneError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
     key, value = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise LeantuneError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

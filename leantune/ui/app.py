@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlparse
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -19,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from leantune.errors import LeantuneError
 from leantune.ui.compare_view import compare_runs
 from leantune.ui.detail import run_detail
+from leantune.ui.guard import LOOPBACK, AllowedHosts, RequestGuard, new_token
 from leantune.ui.launch import Launcher
 from leantune.ui.playground import MOUNT, Playground, served_name
 from leantune.ui.runs import list_runs, resolve_run
@@ -41,10 +41,13 @@ class ServeRequest(BaseModel):
     runs: list[str]
 
 
-def create_app(runs: Path, allow: list[Path] | None = None) -> FastAPI:
+def create_app(runs: Path, allow: list[Path] | None = None, hosts: list[str] | None = None) -> FastAPI:
     """The dashboard over the run folders under ``runs``; launches accept configs under ``runs``' parent and
-    ``allow``; the playground serves picked runs with leantune serve's engine at ``/serve``."""
+    ``allow``; the playground serves picked runs with leantune serve's engine at ``/serve``. It answers only
+    requests whose ``Host`` is in ``hosts`` (``name:port``, or a bare name for any port; default: the loopback
+    names), and state-changing ones only from its own pages (see :mod:`leantune.ui.guard`)."""
     root = Path(runs).resolve()
+    token = new_token()
     launcher = Launcher(root, [Path(p) for p in allow or []])
     playground = Playground()
 
@@ -55,21 +58,11 @@ def create_app(runs: Path, allow: list[Path] | None = None) -> FastAPI:
         launcher.close()
 
     app = FastAPI(title="leantune ui", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.launcher, app.state.playground = launcher, playground
+    app.state.launcher, app.state.playground, app.state.csrf_token = launcher, playground, token
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
-    @app.middleware("http")
-    async def same_origin_posts(request: Request, call_next: Any) -> Any:
-        """Launching and stopping runs only from the dashboard's own pages: a POST must carry JSON and, when the
-        browser names its origin, come from this server (no other web page can start a run on this machine)."""
-        if request.method == "POST" and request.url.path.startswith("/api/"):
-            origin = request.headers.get("origin")
-            if origin and urlparse(origin).netloc != request.headers.get("host"):
-                return JSONResponse({"error": f"cross-origin request from {origin} refused"}, status_code=403)
-            if not request.headers.get("content-type", "").startswith("application/json"):
-                return JSONResponse({"error": "send JSON (Content-Type: application/json)"}, status_code=415)
-        return await call_next(request)
+    app.add_middleware(RequestGuard, hosts=AllowedHosts(LOOPBACK if hosts is None else hosts), token=token)
 
     @app.exception_handler(LeantuneError)
     async def leantune_error(request: Request, exc: LeantuneError) -> JSONResponse:
@@ -84,7 +77,7 @@ def create_app(runs: Path, allow: list[Path] | None = None) -> FastAPI:
         return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
 
     def page(request: Request, template: str, **context: Any) -> HTMLResponse:
-        return templates.TemplateResponse(request, template, {"root": str(root), **context})
+        return templates.TemplateResponse(request, template, {"root": str(root), "csrf_token": token, **context})
 
     # ------------------------------------------------------------------------------------------ pages
     @app.get("/", response_class=HTMLResponse)
@@ -128,8 +121,12 @@ def create_app(runs: Path, allow: list[Path] | None = None) -> FastAPI:
 
     @app.get("/compare-files/{key}/{file}")
     def compare_file(key: str, file: str) -> FileResponse:
-        path = (root / ".ui" / "compare" / key / file).resolve()
-        if not path.is_relative_to(root / ".ui" / "compare") or not path.is_file():
+        try:
+            path = (root / ".ui" / "compare" / key / file).resolve()
+            found = path.is_relative_to(root / ".ui" / "compare") and path.is_file()
+        except (OSError, ValueError):  # a name no file system takes
+            found = False
+        if not found:
             raise KeyError(f"compare file {key}/{file}")
         return FileResponse(path)
 

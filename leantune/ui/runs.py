@@ -71,7 +71,8 @@ def headline_metric(cfg: dict[str, Any]) -> str | None:
 
 def train_steps(rows: list[dict[str, Any]]) -> int:
     """The last optimizer step the log shows (a logged loss, an evaluation or a resume point)."""
-    steps = [r.get("step", 0) for r in rows if "loss" in r or "eval" in r or "resumed_from" in r]
+    steps = [r["step"] for r in rows if ("loss" in r or "eval" in r or "resumed_from" in r)
+             and isinstance(r.get("step"), int)]  # a step that is no number (a hand-edited log) is skipped
     return max(steps, default=0)
 
 
@@ -124,7 +125,11 @@ def list_runs(root: Path) -> list[RunSummary]:
 
 def resolve_run(root: Path, name: str) -> Path:
     """The run folder called ``name`` under ``root``; refuses a path that leaves it or is not a run."""
-    run_dir = (root / name).resolve()
-    if not run_dir.is_relative_to(root.resolve()) or not run_dir.is_dir() or run_dir not in find_runs(root.resolve()):
+    try:
+        run_dir = (root / name).resolve()
+        found = run_dir.is_relative_to(root.resolve()) and run_dir.is_dir() and run_dir in find_runs(root.resolve())
+    except (OSError, ValueError):  # a name no file system takes (a NUL character, too long)
+        raise KeyError(name) from None
+    if not found:
         raise KeyError(name)
     return run_dir

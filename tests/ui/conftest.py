@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -92,15 +93,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(runs_env):
-    """The dashboard over runs_env's runs folder on 127.0.0.1:<free port>; its base URL."""
+@contextlib.contextmanager
+def serving(runs: Path):
+    """The dashboard over ``runs`` on 127.0.0.1:<free port> (answering that address only) while in the block; its
+    base URL."""
     import uvicorn
 
     from leantune.ui.app import create_app
 
-    app = create_app(runs_env["runs"])
     port = free_port()
+    app = create_app(runs, hosts=[f"127.0.0.1:{port}"])
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -108,9 +110,25 @@ def server(runs_env):
     while not srv.started:
         assert time.time() < deadline, "the dashboard did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(runs_env):
+    """The dashboard over runs_env's runs folder; its base URL."""
+    with serving(runs_env["runs"]) as url:
+        yield url
+
+
+@pytest.fixture
+def serve():
+    """serve(runs) -> the base URL of another dashboard, over ``runs``, for the rest of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda runs: stack.enter_context(serving(runs))
 
 
 @pytest.fixture(scope="session")

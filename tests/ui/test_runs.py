@@ -94,16 +94,18 @@ def test_posts_only_from_the_dashboard_and_bind_to_localhost_by_default(tmp_path
     from leantune.ui.app import create_app
 
     assert build_parser().parse_args(["ui"]).host == "127.0.0.1"
-    client = TestClient(create_app(tmp_path / "runs"))
+    app = create_app(tmp_path / "runs")
+    client = TestClient(app, base_url="http://127.0.0.1:7860")
+    own = {"origin": "http://127.0.0.1:7860", "x-csrf-token": app.state.csrf_token}
     assert client.get("/api/runs").json() == {"runs": [], "launches": []}
-    evil = client.post("/api/launch", json={"config": "x.yaml"}, headers={"origin": "http://evil.example"})
+    evil = client.post("/api/launch", json={"config": "x.yaml"}, headers={**own, "origin": "http://evil.example"})
     assert evil.status_code == 403 and "cross-origin" in evil.json()["error"]
-    form = client.post("/api/launch", content=b'{"config": "x.yaml"}', headers={"content-type": "text/plain"})
+    form = client.post("/api/launch", content=b'{"config": "x.yaml"}', headers={**own, "content-type": "text/plain"})
     assert form.status_code == 415
-    refused = client.post("/api/launch", json={"config": str(tmp_path / "x.yaml")})
+    refused = client.post("/api/launch", json={"config": str(tmp_path / "x.yaml")}, headers=own)
     assert refused.status_code == 400 and "does not exist" in refused.json()["error"]
     assert client.get("/api/run/nope").status_code == 404
-    assert client.post("/serve/v1/classify", json={"model": "m", "input": "x"}).status_code == 503
+    assert client.post("/serve/v1/classify", json={"model": "m", "input": "x"}, headers=own).status_code == 503
 
 
 def test_launch_runs_leantune_train_as_the_command_line_would(tmp_path, monkeypatch):
@@ -111,7 +113,7 @@ def test_launch_runs_leantune_train_as_the_command_line_would(tmp_path, monkeypa
 
     import yaml
 
-    from leantune.ui import launch
+    from leantune.ui import confine, launch
 
     started = []
 
@@ -125,6 +127,7 @@ def test_launch_runs_leantune_train_as_the_command_line_would(tmp_path, monkeypa
             return 0
 
     monkeypatch.setattr(launch.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(confine, "max_processes", lambda: 4)  # two processes, on any machine
     root = tmp_path / "runs"
     root.mkdir()
     data = tmp_path / "d.csv"

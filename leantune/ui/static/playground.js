@@ -7,10 +7,11 @@ let models = [];
 
 async function loadChoices() {
   const d = await api("/api/playground");
-  document.getElementById("serve-choices").innerHTML = d.runs.map((r) =>
-    `<label class="choice"><input type="checkbox" value="${esc(r.name)}" ${d.served.includes(r.served_as) ? "checked" : ""}>
-     ${esc(r.name)} <span class="muted">(${esc(r.task)}, ${esc(r.method)})</span></label>`).join("") ||
-    '<p class="muted">No finished run yet.</p>';
+  const choices = d.runs.map((r) => h("label", {class: "choice"},
+    h("input", {type: "checkbox", value: r.name, checked: d.served.includes(r.served_as)}), " ", r.name, " ",
+    h("span", {class: "muted"}, `(${r.task}, ${r.method})`)));
+  document.getElementById("serve-choices").replaceChildren(...(choices.length ? choices :
+    [h("p", {class: "muted"}, "No finished run yet.")]));
   document.getElementById("serving").textContent = d.served.length ? "serving: " + d.served.join(", ") : "";
   if (d.served.length) await loadModels();
 }
@@ -19,7 +20,7 @@ async function loadModels() {
   const d = await api(mount + "/v1/models");
   models = d.data;
   const select = document.getElementById("model");
-  select.innerHTML = models.map((m) => `<option value="${esc(m.id)}">${esc(m.id)}${m.parent ? "" : " (base)"}</option>`).join("");
+  select.replaceChildren(...models.map((m) => h("option", {value: m.id}, m.id, m.parent ? "" : " (base)")));
   const adapter = models.find((m) => m.parent);
   if (adapter) select.value = adapter.id;
   document.getElementById("try").hidden = false;
@@ -45,7 +46,7 @@ async function streamChat(model, prompt, maxTokens, temperature) {
   const out = document.getElementById("output");
   out.textContent = "";
   const resp = await fetch(mount + "/v1/chat/completions", {
-    method: "POST", headers: {"Content-Type": "application/json"},
+    method: "POST", headers: postHeaders(),
     body: JSON.stringify({model, messages: [{role: "user", content: prompt}], max_tokens: maxTokens,
                           temperature, stream: true})});
   if (!resp.ok) {
@@ -75,7 +76,7 @@ async function streamChat(model, prompt, maxTokens, temperature) {
 }
 
 async function post(path, body) {
-  const resp = await fetch(mount + path, {method: "POST", headers: {"Content-Type": "application/json"},
+  const resp = await fetch(mount + path, {method: "POST", headers: postHeaders(),
                                           body: JSON.stringify(body)});
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
@@ -98,9 +99,11 @@ run("generate-form", (model) => streamChat(model, document.getElementById("promp
 run("classify-form", async (model, out) => {
   const texts = document.getElementById("texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
   const d = await post("/v1/classify", {model, input: texts});
-  out.innerHTML = `<table id="classified"><tr><th>text</th><th>label</th><th>probabilities</th></tr>` + d.data.map((r) =>
-    `<tr><td>${esc(texts[r.index])}</td><td class="label">${esc(r.label)}</td><td>${esc(Object.entries(r.probabilities)
-      .map(([k, v]) => k + " " + v.toFixed(3)).join(", "))}</td></tr>`).join("") + "</table>";
+  const probabilities = (r) => Object.entries(r.probabilities || {}).map(([k, v]) => k + " " + Number(v).toFixed(3)).join(", ");
+  out.replaceChildren(h("table", {id: "classified"},
+    h("tr", {}, h("th", {}, "text"), h("th", {}, "label"), h("th", {}, "probabilities")),
+    d.data.map((r) => h("tr", {}, h("td", {}, texts[r.index]), h("td", {class: "label"}, r.label),
+                        h("td", {}, probabilities(r))))));
   out.dataset.done = "true";
 });
 run("answer-form", async (model, out) => {

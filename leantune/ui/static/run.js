@@ -23,7 +23,7 @@ function drawCharts() {
   const metrics = metricSeries(last.curves);
   const el = document.getElementById("metric-chart");
   if (Object.values(metrics).some((v) => v.length)) drawChart(el, metrics, {});
-  else el.innerHTML = "";
+  else el.replaceChildren();
 }
 
 function render(d) {
@@ -49,30 +49,37 @@ function render(d) {
   const final = document.getElementById("final");
   final.hidden = !d.metrics;
   if (d.metrics) {
-    document.getElementById("metrics").innerHTML = Object.entries(d.metrics)
-      .map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(fmtNum(v))}</td></tr>`).join("");
+    document.getElementById("metrics").replaceChildren(...Object.entries(d.metrics)
+      .map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, fmtNum(v)))));
   }
-  document.getElementById("confusion").innerHTML = d.confusion ? confusionTable(d.confusion) : "";
+  document.getElementById("confusion").replaceChildren(...(d.confusion ? confusionTable(d.confusion) : []));
   document.getElementById("samples").hidden = !d.predictions.length;
   if (d.predictions.length) {
     const cols = Object.keys(d.predictions[0]);
-    document.getElementById("predictions").innerHTML = `<thead><tr>${cols.map((c) => `<th>${esc(c)}</th>`).join("")}</tr></thead>` +
-      "<tbody>" + d.predictions.map((r) => `<tr>${cols.map((c) => `<td>${esc(typeof r[c] === "object" ? JSON.stringify(r[c]) : r[c])}</td>`).join("")}</tr>`).join("") + "</tbody>";
+    const cell = (v) => h("td", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : v);
+    document.getElementById("predictions").replaceChildren(
+      h("thead", {}, h("tr", {}, cols.map((c) => h("th", {}, c)))),
+      h("tbody", {}, d.predictions.map((r) => h("tr", {}, cols.map((c) => cell(r[c]))))));
   }
-  document.querySelector("#checkpoints tbody").innerHTML = d.checkpoints.map((c) => `<tr class="checkpoint">
-    <td>${esc(c.name)}${c.latest ? " (latest)" : ""}</td><td class="num">${c.step === null ? "best" : c.step}</td>
-    <td class="num">${c.size_mb}</td><td>${fmtTime(c.time)}</td></tr>`).join("") ||
-    '<tr><td colspan="4" class="muted">none</td></tr>';
+  const checkpoints = d.checkpoints.map((c) => h("tr", {class: "checkpoint"},
+    h("td", {}, c.name, c.latest ? " (latest)" : ""), h("td", {class: "num"}, c.step === null ? "best" : c.step),
+    h("td", {class: "num"}, c.size_mb), h("td", {}, fmtTime(c.time))));
+  document.querySelector("#checkpoints tbody").replaceChildren(...(checkpoints.length ? checkpoints :
+    [h("tr", {}, h("td", {colspan: 4, class: "muted"}, "none"))]));
   const cfg = document.getElementById("config");
   if (cfg.textContent !== d.config) cfg.textContent = d.config || "";
 }
 
+// The confusion matrix's heading and table (rows: true labels, columns: predicted), cells shaded by count.
 function confusionTable(c) {
-  const head = "<tr><th>true \\ predicted</th>" + c.labels.map((l) => `<th>${esc(l)}</th>`).join("") + "</tr>";
-  const max = Math.max(1, ...c.matrix.flat());
-  const rows = c.matrix.map((row, i) => `<tr><th>${esc(c.labels[i])}</th>` + row.map((v, j) =>
-    `<td class="num" style="background:rgba(31,119,180,${(0.75 * v / max).toFixed(2)})">${v}</td>`).join("") + "</tr>").join("");
-  return `<h3>Confusion matrix</h3><table id="confusion-matrix" class="confusion">${head}${rows}</table>`;
+  const counts = c.matrix.flat().map(Number).filter(Number.isFinite);
+  const max = Math.max(1, ...counts);
+  const shade = (v) => Number.isFinite(Number(v)) ? (0.75 * Number(v) / max).toFixed(2) : "0";
+  const head = h("tr", {}, h("th", {}, "true \\ predicted"), c.labels.map((l) => h("th", {}, l)));
+  const rows = c.matrix.map((row, i) => h("tr", {}, h("th", {}, c.labels[i]),
+    (Array.isArray(row) ? row : [row]).map((v) => h("td", {class: "num", style: `background:rgba(31,119,180,${shade(v)})`},
+      typeof v === "object" && v !== null ? JSON.stringify(v) : v))));
+  return [h("h3", {}, "Confusion matrix"), h("table", {id: "confusion-matrix", class: "confusion"}, head, rows)];
 }
 
 async function refresh() {

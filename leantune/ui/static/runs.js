@@ -14,24 +14,28 @@ function renderRuns() {
     return sortDesc ? -c : c;
   });
   const body = document.querySelector("#runs tbody");
-  body.innerHTML = shown.map((r) => `<tr data-name="${esc(r.name)}" data-status="${esc(r.status)}">
-    <td><input type="checkbox" class="pick" value="${esc(r.name)}" ${picked.has(r.name) ? "checked" : ""}></td>
-    <td><a href="/run/${encodeURI(r.name)}">${esc(r.name)}</a></td><td>${esc(r.task)}</td><td>${esc(r.method)}</td>
-    <td class="model" title="${esc(r.model)}">${esc(r.model.split("/").slice(-1)[0])}</td>
-    <td><span class="status ${esc(r.status)}" title="${esc(r.error || "")}">${esc(r.status)}</span></td>
-    <td class="num">${r.step}${r.total ? " / " + r.total : ""}</td>
-    <td class="num">${r.value === null ? "" : esc(r.metric) + " " + fmtNum(r.value)}</td>
-    <td>${fmtTime(r.started)}</td><td class="num">${fmtDuration(r.duration)}</td></tr>`).join("");
+  body.replaceChildren(...shown.map(runRow));
   document.getElementById("no-runs").hidden = runs.length > 0;
-  body.querySelectorAll(".pick").forEach((box) => box.addEventListener("change", () => {
-    if (box.checked) picked.add(box.value); else picked.delete(box.value);
-  }));
+}
+
+function runRow(r) {
+  const box = h("input", {type: "checkbox", class: "pick", value: r.name, checked: picked.has(r.name)});
+  box.addEventListener("change", () => { if (box.checked) picked.add(box.value); else picked.delete(box.value); });
+  const model = String(r.model);
+  return h("tr", {"data-name": r.name, "data-status": r.status},
+    h("td", {}, box),
+    h("td", {}, h("a", {href: "/run/" + encodeURI(r.name)}, r.name)), h("td", {}, r.task), h("td", {}, r.method),
+    h("td", {class: "model", title: model}, model.split("/").slice(-1)[0]),
+    h("td", {}, h("span", {class: "status " + r.status, title: r.error || ""}, r.status)),
+    h("td", {class: "num"}, r.step, r.total ? " / " + r.total : ""),
+    h("td", {class: "num"}, r.value === null ? "" : r.metric + " " + fmtNum(r.value)),
+    h("td", {}, fmtTime(r.started)), h("td", {class: "num"}, fmtDuration(r.duration)));
 }
 
 function renderLaunches(launches) {
-  document.querySelector("#launches tbody").innerHTML = launches.map((l) => `<tr class="launch" data-state="${esc(l.state)}">
-    <td>${fmtTime(l.started)}</td><td><code>leantune ${esc(l.argv.join(" "))}</code></td>
-    <td>${esc(l.state)}</td><td class="error-line">${esc(l.error || "")}</td></tr>`).join("");
+  document.querySelector("#launches tbody").replaceChildren(...launches.map((l) => h("tr", {class: "launch", "data-state": l.state},
+    h("td", {}, fmtTime(l.started)), h("td", {}, h("code", {}, "leantune " + [].concat(l.argv || []).join(" "))),
+    h("td", {}, l.state), h("td", {class: "error-line"}, l.error || ""))));
 }
 
 async function refresh() {

@@ -1,9 +1,15 @@
-// Shared helpers of the dashboard's pages: JSON calls whose errors show in the page, formatting, polling.
+// Shared helpers of the dashboard's pages: JSON calls whose errors show in the page, building elements from data
+// (text is always a text node, never parsed as HTML), formatting, polling.
 "use strict";
 
+// The headers of a state-changing call: JSON, and this server's CSRF token from the page.
+function postHeaders() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return {"Content-Type": "application/json", "X-CSRF-Token": meta ? meta.content : ""};
+}
+
 async function api(url, body) {
-  const opts = body === undefined ? {} : {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
+  const opts = body === undefined ? {} : {method: "POST", headers: postHeaders(), body: JSON.stringify(body)};
   let resp;
   try {
     resp = await fetch(url, opts);
@@ -19,16 +25,32 @@ async function api(url, body) {
   return data;
 }
 
+function build(node, attrs, children) {
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+// An HTML element: h("td", {class: "num"}, "text", otherNode, [more]); strings become text nodes.
+function h(tag, attrs, ...children) {
+  return build(document.createElement(tag), attrs, children);
+}
+
+// An SVG element, as h().
+function svgNode(tag, attrs, ...children) {
+  return build(document.createElementNS("http://www.w3.org/2000/svg", tag), attrs, children);
+}
+
 function showError(message) {
   const box = document.getElementById("error");
   box.textContent = message;
   box.hidden = !message;
-}
-
-function esc(text) {
-  const d = document.createElement("div");
-  d.textContent = text === null || text === undefined ? "" : String(text);
-  return d.innerHTML;
 }
 
 function fmtTime(ts) {
