@@ -61,8 +61,10 @@ def read_run(run_dir: str | os.PathLike, name: str | None = None) -> ServedRun:
         raise LeantuneError(f"{run} is not a leantune run folder: it has no config.yaml.")
     try:
         cfg = validate_config(yaml.safe_load(cfg_file.read_text()), str(cfg_file))
-    except yaml.YAMLError as e:
-        raise LeantuneError(f"{cfg_file}: not valid YAML ({e}).") from None
+    except yaml.YAMLError as e:  # where, never the text there
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "position unknown"
+        raise LeantuneError(f"{cfg_file}: not valid YAML ({where}).") from None
     if not (run / "adapter").is_dir():
         raise LeantuneError(f"{run}: no adapter/ folder (did the run finish?).")
     labels_file = run / "labels.json"
