@@ -114,6 +114,14 @@ def test_bounded_fields_are_400_naming_the_limit(live, field, value, limit):
     assert r.json()["error"]["param"] == field and limit in r.json()["error"]["message"]
 
 
+def test_a_temperature_too_small_for_float32_decodes_greedily(live):
+    body = {"model": "r2", "prompt": "hello", "max_tokens": 3, "seed": 1}
+    greedy = httpx.post(live.url + "/v1/completions", json={**body, "temperature": 0}, timeout=60)
+    tiny = httpx.post(live.url + "/v1/completions", json={**body, "temperature": 1e-300}, timeout=60)
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+
+
 def test_a_chat_the_template_refuses_is_400_in_openai_shape(live):
     tokenizer = live.server.registry.adapters["r2"].base.tokenizer
     before = tokenizer.chat_template
