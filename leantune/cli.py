@@ -181,7 +181,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     options = ServeOptions(
         host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
         max_adapters=args.max_adapters, max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
-        max_tokens=args.max_tokens, api_key=args.api_key, admin_token=args.admin_token, adapter_root=args.adapter_root)
+        max_tokens=args.max_tokens, api_key=args.api_key, admin_token=args.admin_token, adapter_root=args.adapter_root,
+        limit_concurrency=args.limit_concurrency, shutdown_timeout=args.shutdown_timeout)
     serve(parse_runs(args.run_dirs, args.name), options)
 
 
@@ -289,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-token", default=None,
                    help="turn on POST/DELETE /v1/adapters for this bearer token (or LEANTUNE_ADMIN_TOKEN)")
     p.add_argument("--adapter-root", default=None, help="the folder admin-loaded adapters must lie in")
+    p.add_argument("--limit-concurrency", type=int, default=1024,
+                   help="open connections at most; beyond it new ones get 503 at once (default: %(default)s)")
+    p.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="on Ctrl-C / SIGTERM, how long in-flight requests may take to finish (default: %(default)s)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="fine-tune MiniLM on the built-in sentiment sample (about 20 s on 2 idle CPU cores)")

@@ -4,6 +4,7 @@ metrics. Every error has OpenAI's shape: ``{"error": {"message", "type", "param"
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 import uuid
@@ -11,22 +12,35 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from leantune.errors import LeantuneError
-from leantune.serve.gate import ApiError, Gate, error_response
+from leantune.serve.gate import ApiError, Gate, admin_refusal, bearer_token, error_response
 from leantune.serve.generation import GenRequest
 from leantune.serve.registry import AdapterBusy, ServedAdapter, ServedBase, UnknownModel
-from leantune.serve.schemas import AdapterLoad, AnswerRequest, ChatRequest, ClassifyRequest, CompletionRequest
+from leantune.serve.schemas import (
+    ERROR_RESPONSES,
+    JSON_ERRORS,
+    AdapterLoad,
+    AnswerRequest,
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+)
 from leantune.serve.server import ServeOptions, Server
 from leantune.serve.tasks import answer, classify, resolve_adapter_path
 from leantune.serve.weights import AdapterRejected
 from leantune.serve.worker import QueueFull
 
 STARTED = int(time.time())
+INTERNAL_ERROR = "internal error: the server's log has the details."
+logger = logging.getLogger("leantune.serve")
+STREAMED = {200: {"content": {"application/json": {}, "text/event-stream": {}},
+                  "description": "the completion; with stream: true, server-sent events"}}
 
 
 def create_app(server: Server) -> FastAPI:
@@ -36,17 +50,24 @@ def create_app(server: Server) -> FastAPI:
         yield
         await run_in_threadpool(server.stop)
 
-    app = FastAPI(title="leantune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="leantune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  responses=ERROR_RESPONSES)
     app.add_middleware(Gate, server=server)
     _errors(app)
     reg = server.registry
 
-    @app.get("/health")
+    async def admin(request: Request) -> None:
+        """The admin token, checked on the route itself (the gate checks it too), wherever the app is mounted."""
+        problem = admin_refusal(server.options, bearer_token(request.headers.get("authorization", "")))
+        if problem is not None:
+            raise problem
+
+    @app.get("/health", responses={503: {"description": "draining: the server is shutting down"}})
     async def health() -> JSONResponse:
         status = "draining" if server.draining else "ok"
         return JSONResponse({"status": status, "models": len(reg.names())}, 503 if server.draining else 200)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=JSON_ERRORS)
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(server.metrics.render(server.gauges()), media_type="text/plain; version=0.0.4")
 
@@ -54,11 +75,11 @@ def create_app(server: Server) -> FastAPI:
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [_model_card(m) for m in [*reg.bases.values(), *reg.adapters.values()]]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=STREAMED)
     async def chat(body: ChatRequest, request: Request) -> Any:
         return await _generate(server, request, body, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=STREAMED)
     async def completions(body: CompletionRequest, request: Request) -> Any:
         return await _generate(server, request, body, chat=False)
 
@@ -70,9 +91,9 @@ def create_app(server: Server) -> FastAPI:
     async def answer_endpoint(body: AnswerRequest) -> dict[str, Any]:
         return await answer(server, body)
 
-    @app.post("/v1/adapters", status_code=201)
+    @app.post("/v1/adapters", status_code=201, dependencies=[Depends(admin)])
     async def load_adapter(body: AdapterLoad) -> dict[str, Any]:
-        path = resolve_adapter_path(server.options.adapter_root, body.path)
+        path = await run_in_threadpool(resolve_adapter_path, server.options.adapter_root, body.path)
         try:
             adapter = await run_in_threadpool(reg.register, body.name, path, False)
         except AdapterRejected as e:
@@ -80,9 +101,12 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(status, str(e), param="name" if status == 409 else "path") from None
         except LeantuneError as e:
             raise ApiError(400, str(e), param="path") from None
+        except (ValueError, TypeError, OSError) as e:  # a file of the run that is not what it should be
+            raise ApiError(400, f"path: {body.path!r} is not a readable run folder ({type(e).__name__}).",
+                           param="path") from None
         return _model_card(adapter)
 
-    @app.delete("/v1/adapters/{name}")
+    @app.delete("/v1/adapters/{name}", dependencies=[Depends(admin)])
     async def unload_adapter(name: str) -> dict[str, Any]:
         if name in reg.bases:
             raise ApiError(400, f"'{name}' is a base model; only adapters can be unloaded.", param="name")
@@ -121,9 +145,13 @@ def _errors(app: FastAPI) -> None:
         return error_response(ApiError(429, f"{e}; retry later.", kind="rate_limit_error", code="queue_full",
                                        headers={"Retry-After": "1"}))
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:  # unknown path, wrong method
+        return error_response(ApiError(e.status_code, str(e.detail), headers=e.headers))
+
     @app.exception_handler(Exception)
-    async def crashed(request: Request, e: Exception) -> JSONResponse:
-        return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error"))
+    async def crashed(request: Request, e: Exception) -> JSONResponse:  # the traceback goes to the server's log
+        return error_response(ApiError(500, INTERNAL_ERROR, kind="server_error"))
 
 
 def _model_card(m: ServedBase | ServedAdapter) -> dict[str, Any]:
@@ -146,13 +174,23 @@ def _target(server: Server, name: str, kind: str) -> tuple[ServedBase, ServedAda
 
 
 def _prompt_ids(server: Server, base: ServedBase, adapter: ServedAdapter | None, body: Any, chat: bool) -> list[int]:
+    """The prompt's token ids, checked (called off the event loop: templates and tokenisation take time)."""
     tok = base.tokenizer
     if chat:
         messages = body.as_messages()
-        text = adapter.prompt(messages) if adapter is not None else base.task.prompt_text(messages)
-        ids = tok(text, add_special_tokens=False)["input_ids"]
+        try:
+            text = adapter.prompt(messages) if adapter is not None else base.task.prompt_text(messages)
+        except Exception as e:
+            if not _is_template_error(e):
+                raise
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ApiError(400, f"messages: the model's chat template refuses them: {reason}", param="messages",
+                           code="invalid_messages") from None
+        with base.text_lock:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
     elif isinstance(body.prompt, str):
-        ids = tok(body.prompt, add_special_tokens=False)["input_ids"]
+        with base.text_lock:
+            ids = tok(body.prompt, add_special_tokens=False)["input_ids"]
     else:
         ids = list(body.prompt)
         vocab = base.model.get_input_embeddings().num_embeddings
@@ -168,6 +206,15 @@ def _prompt_ids(server: Server, base: ServedBase, adapter: ServedAdapter | None,
     return ids
 
 
+def _is_template_error(e: Exception) -> bool:
+    """Whether ``e`` is a chat template's own error (jinja's; e.g. Gemma's roles that must alternate)."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:
+        return False
+    return isinstance(e, TemplateError)
+
+
 def _max_tokens(server: Server, body: Any) -> int:
     requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
     limit = server.options.max_tokens
@@ -179,7 +226,7 @@ def _max_tokens(server: Server, body: Any) -> int:
 
 async def _generate(server: Server, request: Request, body: Any, chat: bool) -> Any:
     base, adapter = _target(server, body.model, "generate")
-    ids = _prompt_ids(server, base, adapter, body, chat)
+    ids = await run_in_threadpool(_prompt_ids, server, base, adapter, body, chat)
     max_tokens = _max_tokens(server, body)
     context = base.engine.context_length
     virtual = 0
@@ -211,7 +258,7 @@ async def _generate(server: Server, request: Request, body: Any, chat: bool) -> 
         raise
     meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": body.model}
-    prefix = base.tokenizer.decode(ids) if not chat and body.echo else ""
+    prefix = await run_in_threadpool(base.tokenizer.decode, ids) if not chat and body.echo else ""
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(_stream(server, req, queue, meta, chat, prefix, usage),
@@ -242,13 +289,19 @@ async def _collect(server: Server, request: Request, req: GenRequest, queue: asy
         raise
     server.metrics.tokens(meta["model"], len(req.prompt), len(req.tokens))
     if finish.startswith("error"):
-        raise ApiError(500, f"generation failed: {finish.removeprefix('error: ')}", kind="server_error")
+        raise ApiError(500, _failed(meta, finish), kind="server_error")
     content = "".join(text)
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
         return {**meta, "object": "chat.completion", "choices": [choice], "usage": _usage(req)}
     choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish}
     return {**meta, "object": "text_completion", "choices": [choice], "usage": _usage(req)}
+
+
+def _failed(meta: dict, finish: str) -> str:
+    """The client's message for a generation that failed in the engine; the reason goes to the server's log."""
+    logger.error("leantune serve: %s (%s) failed: %s", meta["id"], meta["model"], finish.removeprefix("error: "))
+    return "generation failed (the server's log has the details)."
 
 
 def _sse(payload: dict) -> bytes:
@@ -275,8 +328,8 @@ async def _stream(server: Server, req: GenRequest, queue: asyncio.Queue, meta: d
         while finish is None:
             delta, finish = await queue.get()
             if finish is not None and finish.startswith("error"):
-                yield _sse({"error": {"message": f"generation failed: {finish.removeprefix('error: ')}",
-                                      "type": "server_error", "param": None, "code": None}})
+                yield _sse({"error": {"message": _failed(meta, finish), "type": "server_error", "param": None,
+                                      "code": None}})
                 break
             if delta or finish is not None:
                 yield chunk(delta, finish)
@@ -302,9 +355,10 @@ def serve(runs: list[tuple[str, str]], options: ServeOptions) -> None:
         served = [a.name for a in server.registry.adapters.values() if a.base is base]
         print(f"leantune: {base.name} ({base.kind}): {', '.join(served)}", file=sys.stderr, flush=True)
     print(f"leantune: serving on http://{options.host}:{options.port}/v1 (Ctrl-C finishes in-flight requests, then "
-          "stops)", file=sys.stderr, flush=True)
+          f"stops; after {options.shutdown_timeout:g} s it cancels them)", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=None)
+        uvicorn.run(app, host=options.host, port=options.port, log_level="warning",
+                    limit_concurrency=options.limit_concurrency, timeout_graceful_shutdown=options.shutdown_timeout)
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after the drain
         pass
     print("leantune: stopped", file=sys.stderr, flush=True)

@@ -1,6 +1,10 @@
 """What every request passes before a handler: the API key, the admin token, the body-size limit; and the
 request counter and latency histogram after it. A plain ASGI middleware, so streaming and disconnects pass
-through untouched."""
+through untouched.
+
+Paths are read relative to where the app is mounted (the ASGI ``root_path``), as its router reads them, so the
+admin endpoints need the admin token under any prefix; the admin routes check it again themselves
+(:func:`admin_refusal` as a dependency)."""
 
 from __future__ import annotations
 
@@ -34,6 +38,28 @@ def _same(given: str | None, expected: str | None) -> bool:
     return given is not None and expected is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def route_path(scope: dict) -> str:
+    """The request's path inside this app: without the prefix it is mounted under, as Starlette routes it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root):] or "/"
+    return path
+
+
+def bearer_token(authorization: str) -> str | None:
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+
+
+def admin_refusal(options: Any, token: str | None) -> ApiError | None:
+    """Why a request with bearer ``token`` may not use the adapter admin endpoints, or None."""
+    if not options.admin_token:
+        return ApiError(403, "adapter admin is off: start the server with --admin-token (or the "
+                             "LEANTUNE_ADMIN_TOKEN environment variable) and --adapter-root.")
+    if not _same(token, options.admin_token):
+        return ApiError(401, "adapter admin needs the admin token: Authorization: Bearer <admin token>.")
+    return None
+
+
 def _endpoint(path: str) -> str:
     if path.startswith("/v1/adapters/"):
         return "/v1/adapters/{name}"
@@ -65,19 +91,13 @@ class Gate:
             else:
                 await self.app(scope, receive, send_and_record)
         finally:
-            self.server.metrics.request(_endpoint(scope["path"]), status["code"], time.monotonic() - started)
+            self.server.metrics.request(_endpoint(route_path(scope)), status["code"], time.monotonic() - started)
 
     def _refuse(self, scope: dict) -> ApiError | None:
         options = self.server.options
-        auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        if scope["path"].startswith("/v1/adapters"):
-            if not options.admin_token:
-                return ApiError(403, "adapter admin is off: start the server with --admin-token (or the "
-                                     "LEANTUNE_ADMIN_TOKEN environment variable) and --adapter-root.")
-            if not _same(token, options.admin_token):
-                return ApiError(401, "adapter admin needs the admin token: Authorization: Bearer <admin token>.")
-            return None
+        token = bearer_token(dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1"))
+        if route_path(scope).startswith("/v1/adapters"):
+            return admin_refusal(options, token)
         if options.api_key and not (_same(token, options.api_key) or _same(token, options.admin_token)):
             return ApiError(401, "missing or wrong API key: send Authorization: Bearer <key>.",
                             code="invalid_api_key")

@@ -3,7 +3,8 @@
 Adapters are registered by name (from their run folders) and kept in memory up to ``max_adapters``: the least
 recently used one that no running request holds is dropped when another must load, and is read again from its
 folder when asked for. Registering validates everything first (config, base, every tensor's shape, one forward
-pass), so an adapter that is listed is an adapter that serves.
+pass), so an adapter that is listed is an adapter that serves. An adapter unregistered while requests hold it is
+retired: those requests finish with it, no new one gets it, and its weights go when the last one releases them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ServedBase:
     layers: dict[str, nn.Module]
     lock: threading.Lock = field(default_factory=threading.Lock)
     engine: Any = None  # GenerationEngine or EncoderEngine
+    text_lock: threading.Lock = field(default_factory=threading.Lock)  # one request's tokenisation at a time
 
     @property
     def kind(self) -> str:
@@ -75,6 +77,7 @@ class ServedAdapter:
     weights: AdapterWeights | None = None
     holders: int = 0
     loading: bool = False
+    retired: bool = False  # unregistered: nobody may acquire it any more
 
     def prompt(self, messages: list[dict[str, str]]) -> str:
         return chat_prompt(self.run, self.task, messages)
@@ -126,6 +129,7 @@ class Registry:
         self.bases: dict[str, ServedBase] = {}
         self.adapters: dict[str, ServedAdapter] = {}
         self.loaded: OrderedDict[str, ServedAdapter] = OrderedDict()  # least recently used first
+        self.retiring: list[ServedAdapter] = []  # unregistered, still held by running requests (each keeps a slot)
         self.max_adapters = max_adapters
         self.tasks: dict[tuple, Any] = {}
         self.cond = threading.Condition()
@@ -181,11 +185,18 @@ class Registry:
         return self.tasks[key]
 
     def unregister(self, name: str) -> None:
+        """Stop serving ``name``: requests that hold it finish with it, later ones are told it does not exist."""
         with self.cond:
-            if name not in self.adapters:
+            adapter = self.adapters.pop(name, None)
+            if adapter is None:
                 raise UnknownModel(f"no adapter named '{name}'; adapters: {sorted(self.adapters)}.")
-            del self.adapters[name]
-            self.loaded.pop(name, None)
+            adapter.retired = True
+            if self.loaded.get(name) is adapter:
+                del self.loaded[name]
+                if adapter.holders or adapter.loading:
+                    self.retiring.append(adapter)
+                else:
+                    adapter.weights = None
             self.cond.notify_all()
 
     def lookup(self, name: str) -> ServedAdapter | ServedBase:
@@ -201,6 +212,8 @@ class Registry:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
+                if adapter.retired:
+                    raise _unloaded(adapter)
                 if adapter.loading:
                     self.cond.wait(max(0.0, deadline - time.monotonic()) or 0.01)
                     continue
@@ -208,7 +221,7 @@ class Registry:
                     self.loaded.move_to_end(adapter.name)
                     adapter.holders += 1
                     return adapter.weights
-                if self.max_adapters is None or len(self.loaded) < self.max_adapters or self._evict_one():
+                if self.max_adapters is None or self.loaded_count < self.max_adapters or self._evict_one():
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -221,20 +234,33 @@ class Registry:
             weights = self._read(adapter)
         except Exception:
             with self.cond:
-                self.loaded.pop(adapter.name, None)
+                if self.loaded.get(adapter.name) is adapter:
+                    del self.loaded[adapter.name]
                 adapter.loading = False
+                self._drop_if_retired(adapter)
                 self.cond.notify_all()
             raise
         with self.cond:
-            adapter.weights, adapter.loading = weights, False
-            adapter.holders += 1
+            adapter.loading = False
             self.cond.notify_all()
+            if adapter.retired:  # unregistered while its folder was read
+                self._drop_if_retired(adapter)
+                raise _unloaded(adapter)
+            adapter.weights = weights
+            adapter.holders += 1
             return weights
 
     def release(self, adapter: ServedAdapter) -> None:
         with self.cond:
             adapter.holders -= 1
+            self._drop_if_retired(adapter)
             self.cond.notify_all()
+
+    def _drop_if_retired(self, adapter: ServedAdapter) -> None:
+        """Free a retired adapter's weights and slot once nobody holds or loads it (under ``cond``)."""
+        if adapter.retired and adapter.holders == 0 and not adapter.loading:
+            adapter.weights = None
+            self.retiring = [a for a in self.retiring if a is not adapter]
 
     def _evict_one(self) -> bool:
         for name, candidate in self.loaded.items():
@@ -246,7 +272,8 @@ class Registry:
 
     @property
     def loaded_count(self) -> int:
-        return len(self.loaded)
+        """Adapters whose weights are in memory (retired ones still in use count)."""
+        return len(self.loaded) + len(self.retiring)
 
     # ------------------------------------------------------------------ checks
     def _read(self, adapter: ServedAdapter) -> AdapterWeights:
@@ -263,6 +290,10 @@ class Registry:
                 base.model(input_ids=ids, attention_mask=torch.ones_like(ids))
         except (RuntimeError, ValueError, IndexError) as e:
             raise AdapterRejected(f"the adapter does not run on its base: {str(e).splitlines()[0]}") from None
+
+
+def _unloaded(adapter: ServedAdapter) -> UnknownModel:
+    return UnknownModel(f"The model '{adapter.name}' does not exist: it was unloaded (DELETE /v1/adapters).")
 
 
 def _base_name(run: ServedRun, existing: dict[str, ServedBase]) -> str:

@@ -7,6 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+"""Stop strings are searched in every row's text after every token: at most 4 (as OpenAI), each this long."""
+SEED_RANGE = (-(2**63), 2**63 - 1)
+GREEDY_BELOW = 1e-6
+"""Temperatures under this decode greedily (dividing logits by them overflows float32)."""
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -19,23 +26,32 @@ class StreamOptions(_Body):
 class _Sampling(_Body):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description=f"0 (or under {GREEDY_BELOW:g}): greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = Field(None, validate_default=True)
-    seed: int | None = None
+    stop: str | list[str] | None = Field(None, validate_default=True, description=(
+        f"up to {MAX_STOPS} stop sequences of 1 to {MAX_STOP_CHARS} characters each"))
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens tokens (benchmarks)
 
+    @field_validator("temperature")
+    @classmethod
+    def _greedy(cls, v: float) -> float:
+        return 0.0 if v < GREEDY_BELOW else v
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> list[str]:
         stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences (got {len(stops)})")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        longest = max((len(s) for s in stops), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise ValueError(f"a stop sequence is at most {MAX_STOP_CHARS} characters (got {longest})")
         return stops
 
 
@@ -100,3 +116,26 @@ class AnswerRequest(_Body):
 class AdapterLoad(_Body):
     name: str = Field(min_length=1, max_length=128)
     path: str = Field(min_length=1)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    "4XX": {"model": ErrorBody, "description": "the request is refused: the message says why, param names the field"},
+    "5XX": {"model": ErrorBody, "description": "the server failed or is busy (no internal details)"},
+}
+JSON_ERRORS: dict[int | str, dict] = {  # the same, for a route whose own answers are not JSON
+    status: {"description": r["description"],
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for status, r in ERROR_RESPONSES.items()}

@@ -32,13 +32,20 @@ class ServeOptions:
     api_key: str | None = None
     admin_token: str | None = None
     adapter_root: str | None = None
+    limit_concurrency: int = 1024
+    """Open connections and running requests at most; over it, uvicorn answers 503 at once."""
+    shutdown_timeout: float = 60.0
+    """Seconds in-flight requests get to finish on Ctrl-C / SIGTERM; then they are cancelled."""
 
     def __post_init__(self) -> None:
         self.api_key = self.api_key or os.environ.get(API_KEY_ENV) or None
         self.admin_token = self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
-        for name in ("max_batch", "max_queue", "max_body_bytes", "max_prompt_tokens", "max_tokens"):
+        for name in ("max_batch", "max_queue", "max_body_bytes", "max_prompt_tokens", "max_tokens",
+                     "limit_concurrency"):
             if getattr(self, name) < 1:
                 raise LeantuneError(f"--{name.replace('_', '-')} must be at least 1.")
+        if self.shutdown_timeout < 0:
+            raise LeantuneError("--shutdown-timeout must not be negative.")
         if self.max_adapters is not None and self.max_adapters < 1:
             raise LeantuneError("--max-adapters must be at least 1.")
         if self.admin_token and not self.adapter_root:

@@ -4,6 +4,7 @@ admin endpoint."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from leantune.serve.gate import ApiError
 from leantune.serve.registry import ServedAdapter, ServedBase
 from leantune.serve.runs import qa_windows
 from leantune.serve.schemas import AnswerRequest, ClassifyRequest
+
+logger = logging.getLogger("leantune.serve")
 
 
 def _adapter_for(server: Any, name: str, kind: str) -> ServedAdapter:
@@ -56,7 +59,9 @@ async def _encode(server: Any, adapter: ServedAdapter, rows: list[dict[str, list
     finally:
         server.registry.release(adapter)
     if isinstance(result, Exception):
-        raise ApiError(500, f"the model failed: {type(result).__name__}: {result}", kind="server_error")
+        logger.error("leantune serve: %s failed on a batch: %s: %s", adapter.name, type(result).__name__, result)
+        raise ApiError(500, "the model failed on this request's batch (the server's log has the details).",
+                       kind="server_error")
     return result
 
 
@@ -69,8 +74,12 @@ async def classify(server: Any, body: ClassifyRequest) -> dict[str, Any]:
     adapter = _adapter_for(server, body.model, "classify")
     run, tok = adapter.run, adapter.base.tokenizer
     texts: list[str] = body.input  # type: ignore[assignment]
-    encoding = tok(texts, truncation=True, max_length=run.cfg.train.max_length)
-    rows = _rows(encoding, len(texts))
+
+    def encode() -> list[dict[str, list[int]]]:
+        with adapter.base.text_lock:
+            return _rows(tok(texts, truncation=True, max_length=run.cfg.train.max_length), len(texts))
+
+    rows = await run_in_threadpool(encode)
     outputs = await _encode(server, adapter, rows)
     labels = run.labels or []
     logits = torch.stack([o["logits"][:len(labels)] for o in outputs])
@@ -90,11 +99,16 @@ async def answer(server: Any, body: AnswerRequest) -> dict[str, Any]:
     adapter = _adapter_for(server, body.model, "answer")
     run, tok = adapter.run, adapter.base.tokenizer
     limit = server.options.max_prompt_tokens
-    n_context = len(tok(body.context, add_special_tokens=False)["input_ids"])
-    if n_context > limit:
-        raise ApiError(400, f"context: {n_context} tokens; the limit is {limit} (--max-prompt-tokens).",
-                       param="context", code="prompt_too_long")
-    windows = qa_windows(tok, body.question, body.context, run)
+
+    def encode() -> Any:
+        with adapter.base.text_lock:
+            n_context = len(tok(body.context, add_special_tokens=False)["input_ids"])
+            if n_context > limit:
+                raise ApiError(400, f"context: {n_context} tokens; the limit is {limit} (--max-prompt-tokens).",
+                               param="context", code="prompt_too_long")
+            return qa_windows(tok, body.question, body.context, run)
+
+    windows = await run_in_threadpool(encode)
     rows = _rows(windows, len(windows["input_ids"]))
     outputs = await _encode(server, adapter, rows)
     start, end, score = best_char_span(outputs, windows["offset_mapping"], run.cfg.task_args.max_answer_length)
@@ -124,16 +138,42 @@ def best_char_span(outputs: list[dict], offsets: list[list], max_answer_length: 
 
 
 def resolve_adapter_path(root: str | None, path: str) -> Path:
-    """``path`` (relative to ``root``, or absolute) as a real folder inside ``root``; symlinks are followed before
-    the check, so none can lead outside."""
+    """``path`` (relative to ``root``, or absolute) as a real folder inside ``root``, every file and folder in it
+    too (config, labels, the adapter's files ...): symlinks are followed before the check, so none can lead
+    outside. Nothing is read before the check."""
     if root is None:
         raise ApiError(403, "adapter admin is off: start the server with --adapter-root.")
     if ".." in Path(path).parts:
         raise ApiError(400, "path: '..' is not allowed; give a folder inside --adapter-root.", param="path")
-    base = Path(root).resolve()
-    target = (base / path).resolve()
-    if not target.is_relative_to(base):
-        raise ApiError(400, f"path: {path!r} resolves outside --adapter-root.", param="path")
-    if not target.is_dir():
-        raise ApiError(400, f"path: {path!r} is not a folder under --adapter-root.", param="path")
+    try:
+        base = Path(root).resolve()
+        target = (base / path).resolve()
+        if not target.is_relative_to(base):
+            raise ApiError(400, f"path: {path!r} resolves outside --adapter-root.", param="path")
+        if not target.is_dir():
+            raise ApiError(400, f"path: {path!r} is not a folder under --adapter-root.", param="path")
+        escape = _first_outside(base, target)
+    except (OSError, ValueError) as e:  # a name the OS refuses (too long, a NUL byte), a folder it cannot list
+        raise ApiError(400, f"path: {path!r} cannot be read under --adapter-root ({type(e).__name__}).",
+                       param="path") from None
+    if escape is not None:
+        raise ApiError(400, f"path: {path!r} holds {escape.as_posix()!r}, which resolves outside --adapter-root.",
+                       param="path")
     return target
+
+
+def _first_outside(root: Path, folder: Path) -> Path | None:
+    """The first entry under ``folder`` (a resolved folder inside ``root``; links followed, each folder once)
+    that resolves outside ``root``, relative to ``folder``; None when everything stays inside."""
+    seen: set[Path] = set()
+    todo = [folder]
+    while todo:
+        entry = todo.pop()
+        real = entry.resolve()
+        if not real.is_relative_to(root):
+            return entry.relative_to(folder)
+        if real in seen or not real.is_dir():
+            continue
+        seen.add(real)
+        todo.extend(entry.iterdir())
+    return None

@@ -71,3 +71,13 @@ def test_serve_refuses_a_bad_run_folder_before_listening(tmp_path, capsys):
     assert "no config.yaml" in capsys.readouterr().err
     assert main(["serve", "--name", "oops"]) == 2
     assert "NAME=RUN_DIR" in capsys.readouterr().err
+
+
+def test_serve_bounds_connections_and_the_shutdown_wait(serve_runs, monkeypatch):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    assert main(["serve", str(serve_runs["r2"]), "--limit-concurrency", "7", "--shutdown-timeout", "5"]) == 0
+    assert seen["limit_concurrency"] == 7 and seen["timeout_graceful_shutdown"] == 5
+    assert main(["serve", str(serve_runs["r2"]), "--limit-concurrency", "0"]) == 2
