@@ -29,8 +29,12 @@ def eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+GREEDY_BELOW = 1e-6
+"""Temperatures under this decode greedily (dividing float32 logits by less can overflow into NaN)."""
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:

@@ -53,6 +53,7 @@ def test_sampling_is_seeded_and_top_p_keeps_the_head():
     draws = {int(sample_tokens(logits, 1.0, 0.9, g)) for _ in range(50)}
     assert draws <= {0, 1}
     assert int(sample_tokens(logits, 0.0, 1.0, None)) == 0
+    assert int(sample_tokens(logits, 1e-300, 1.0, g)) == 0  # a temperature that underflows is no NaN
 
 
 def test_seq2seq_generation_keeps_prompt_tuning():

@@ -20,11 +20,7 @@ from leantune.models.registry import resolve_model
 from leantune.run.files import load_config_yaml, read_labels
 from leantune.run.layout import ADAPTER_DIR, CONFIG_FILE, LABELS_FILE
 from leantune.system.device import pick_device
-from leantune.tasks import Task, make_task
-
-KINDS = {"instruction": "generate", "translation": "generate", "classification": "classify",
-         "extractive_qa": "answer"}
-"""What a run of each task serves: generate (chat / completions), classify or answer (extractive QA)."""
+from leantune.tasks import Task, make_task, task_class
 
 
 def run_config(run_dir: Path) -> RunConfig:
@@ -72,7 +68,7 @@ class ServedRun:
     @property
     def kind(self) -> str:
         """What the run serves: generate (chat / completions), classify or answer (extractive QA)."""
-        return KINDS[self.cfg.task]
+        return task_class(self.cfg.task).serves
 
     @property
     def adapter_dir(self) -> Path:

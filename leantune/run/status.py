@@ -81,13 +81,15 @@ def is_running(record: dict[str, Any]) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return True
-    tail = [str(a) for a in record.get("argv", [])[1:]]
+    argv = record.get("argv")
+    tail = [str(a) for a in argv[1:]] if isinstance(argv, list) else []
     return not tail or cmdline[-len(tail):] == tail
 
 
 def process_alive(pid: int | None) -> bool:
-    """Whether process ``pid`` is alive on this machine (a zombie, exited but not yet reaped, counts as dead)."""
-    if not pid:
+    """Whether process ``pid`` is alive on this machine (a zombie, exited but not yet reaped, counts as dead). Only a
+    positive int names one process (``kill`` reads 0 and negative numbers as process groups)."""
+    if type(pid) is not int or pid <= 0:
         return False
     try:
         os.kill(pid, 0)

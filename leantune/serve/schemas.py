@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from leantune.generate import GREEDY_BELOW
+
 MAX_STOPS = 4
 MAX_STOP_CHARS = 256
 """Stop strings are searched in every row's text after every token: at most 4 (as OpenAI), each this long."""
 SEED_RANGE = (-(2**63), 2**63 - 1)
-GREEDY_BELOW = 1e-6
-"""Temperatures under this decode greedily (dividing logits by them overflows float32)."""
 
 
 class _Body(BaseModel):

@@ -50,6 +50,9 @@ class Task(ABC):
     """The metric that picks the best checkpoint unless ``train.metric`` names another."""
     generates: ClassVar[bool] = False
     """Whether the task's model writes text (then :meth:`generate` works and packing is allowed)."""
+    serves: ClassVar[str] = "generate"
+    """What ``leantune serve`` offers for a run of the task: ``generate`` (chat / completions), ``classify`` or
+    ``answer`` (extractive QA)."""
 
     def __init__(self, cfg: RunConfig, tokenizer: Any, model_config: Any) -> None:
         """``model_config``: the base model's transformers config."""

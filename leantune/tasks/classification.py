@@ -221,6 +221,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     Args = ClassificationArgs
+    serves = "classify"
     metrics = {"accuracy": True, "macro_f1": True, "micro_f1": True, "eval_loss": False}
     default_metric = "accuracy"
     args: ClassificationArgs

@@ -86,6 +86,7 @@ class ExtractiveQATask(Task):
 
     name = "extractive_qa"
     Args = ExtractiveQAArgs
+    serves = "answer"
     metrics = {"exact_match": True, "f1": True}
     default_metric = "f1"
     args: ExtractiveQAArgs

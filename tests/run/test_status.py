@@ -70,6 +70,9 @@ def test_running_record_and_liveness(tmp_path):
     assert not is_running({**record, "argv": ["x", "another", "command"]})  # the pid now runs something else
     assert not is_running({**record, "host": "elsewhere"})
     assert not process_alive(None) and process_alive(os.getpid())
+    for crafted in (-1, 0, "1", 1.0, True, [1]):  # kill() reads -1 and 0 as groups: never "alive"
+        assert not process_alive(crafted) and not is_running({**record, "pid": crafted})
+    assert is_running({**record, "argv": 7})  # a malformed argv is no error
     mark_ended(tmp_path, "finished")
     assert read_status(tmp_path)["status"] == "finished"
     (tmp_path / "status.json").write_text(json.dumps({"status": "running", "pid": 1}))  # not ours: untouched
