@@ -5,7 +5,7 @@
 - :mod:`~leantune.serve.generation`: continuous batching for causal LMs; :mod:`~leantune.serve.encoder`:
   classification and extractive QA batches;
 - :mod:`~leantune.serve.registry`: bases, adapters, LRU of loaded adapters;
-- :mod:`~leantune.serve.api`, :mod:`~leantune.serve.gate`, :mod:`~leantune.serve.tasks`: the HTTP API;
+- :mod:`~leantune.serve.api`, :mod:`~leantune.serve.gate`, :mod:`~leantune.serve.handlers`, :mod:`~leantune.serve.adapter_root`: the HTTP API;
 - :mod:`~leantune.serve.runs`: the one module that reaches into leantune's tasks and methods (run folders are read
   by :mod:`leantune.run.loader`).
 

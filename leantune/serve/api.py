@@ -19,8 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from leantune.errors import LeantuneError
+from leantune.serve.adapter_root import resolve_adapter_path
 from leantune.serve.gate import ApiError, Gate, admin_refusal, bearer_token, error_response
 from leantune.serve.generation import GenRequest
+from leantune.serve.handlers import answer, classify
 from leantune.serve.registry import AdapterBusy, ServedAdapter, ServedBase, UnknownModel
 from leantune.serve.schemas import (
     ERROR_RESPONSES,
@@ -32,7 +34,6 @@ from leantune.serve.schemas import (
     CompletionRequest,
 )
 from leantune.serve.server import ServeOptions, Server
-from leantune.serve.tasks import answer, classify, resolve_adapter_path
 from leantune.serve.weights import AdapterRejected
 from leantune.serve.worker import QueueFull
 
