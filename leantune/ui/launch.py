@@ -20,7 +20,14 @@ from leantune.files import atomic_write_text
 from leantune.run.files import read_config
 from leantune.run.layout import CONFIG_FILE, candidates
 from leantune.run.status import is_running, process_alive, read_status
-from leantune.ui.confine import check_launch, check_overrides, check_resume, trains_run, valid_pid
+from leantune.ui.confine import (
+    REFUSED_KEYS,
+    check_launch,
+    check_overrides,
+    check_resume,
+    trains_run,
+    valid_pid,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
@@ -82,7 +89,9 @@ class Launcher:
         if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
             raise LeantuneError(f"output_dir {run_dir} already holds a run: tick 'overwrite' to replace it, or "
                                 "resume it from its page.")
-        argv = ["train", str(path), *(x for kv in overrides for x in ("--set", kv)), "--quiet"]
+        # what was checked is pinned on the command line: the file may change before the process reads it
+        pinned = [*overrides, f"output_dir={run_dir}", *(f"{key}=false" for key in REFUSED_KEYS)]
+        argv = ["train", str(path), *(x for kv in pinned for x in ("--set", kv)), "--quiet"]
         argv += (["--nproc", str(nproc)] if nproc > 1 else []) + (["--overwrite"] if overwrite else [])
         return self._start(argv, run_dir, Path.cwd())
 
