@@ -44,6 +44,10 @@ class DoraVariant(LoraVariant):
         norm = weight_norm(weight, layer.delta_weight(name).detach(), layer.in_axis).detach()
         return layer.lora_magnitude_vector[name] / norm
 
+    def row_scale(self, layer: LoraLayer, name: str) -> torch.Tensor:
+        with torch.no_grad():
+            return self.magnitude_scale(layer, name, layer.base_weight())
+
     def forward(self, layer: LoraLayer, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         dropout = layer.lora_dropout[name]
         xd = dropout(x)

@@ -28,7 +28,6 @@ from leantune.serve.runs import (
     load_base,
     load_tokenizer,
     make_run_task,
-    meta_model,
     read_run,
 )
 from leantune.serve.weights import AdapterRejected, AdapterWeights, load_adapter_weights
@@ -259,7 +258,7 @@ class Registry:
     def _read(self, adapter: ServedAdapter) -> AdapterWeights:
         base = adapter.base
         return load_adapter_weights(adapter.run.adapter_dir, base.layers, base.model.config, base.device, base.dtype,
-                                    lambda: meta_model(adapter.task, adapter.run.model_path))
+                                    lambda: adapter.task.build_model(adapter.run.model_path, meta=True))
 
     @staticmethod
     def _dry_run(base: ServedBase, weights: AdapterWeights) -> None:
