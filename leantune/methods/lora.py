@@ -351,7 +351,7 @@ class LoraLinear(LoraLayer):
         return weight_as_out_in(self.base_layer)
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        return (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+        return (self.lora_B[name].weight @ self.lora_A[name].weight).mul_(self.scaling[name])
 
     def set_base_weight(self, weight: torch.Tensor) -> None:
         if is_quantized_layer(self.base_layer):
@@ -429,7 +429,7 @@ class LoraEmbedding(LoraLayer):
         return self.base_layer.weight
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        return (self.lora_embedding_A[name].T @ self.lora_embedding_B[name].T) * self.scaling[name]
+        return (self.lora_embedding_A[name].T @ self.lora_embedding_B[name].T).mul_(self.scaling[name])
 
     def set_base_weight(self, weight: torch.Tensor) -> None:
         self.base_layer.weight.copy_(weight)
