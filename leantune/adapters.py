@@ -6,13 +6,13 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from leantune.errors import AdapterMismatchError, LeantuneError
@@ -233,20 +233,22 @@ def load_adapter(
         hint = " (a pickle adapter_model.bin is not loaded: convert it to safetensors)" if (
             Path(path) / "adapter_model.bin").exists() else ""
         raise LeantuneError(f"{path}: no {WEIGHTS_NAME}{hint}.")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise LeantuneError(f"{weights}: not a readable safetensors file ({e}).") from None
-    state = get_state(model)
-    if state is None:
-        attach(model, config, adapter_name)
-    else:
-        add_adapter(model, adapter_name, config)
-    try:
-        _copy_into(model, adapter_name, tensors, weights)
-    except Exception:
-        delete_adapter(model, adapter_name)
-        raise
+    with contextlib.ExitStack() as stack:
+        try:  # read one tensor at a time: the file's tensors and the adapter are never both in memory whole
+            file = stack.enter_context(safe_open(str(weights), framework="pt"))
+            shapes = {k: tuple(file.get_slice(k).get_shape()) for k in file.keys()}
+        except (SafetensorError, OSError) as e:
+            raise LeantuneError(f"{weights}: not a readable safetensors file ({e}).") from None
+        state = get_state(model)
+        if state is None:
+            attach(model, config, adapter_name)
+        else:
+            add_adapter(model, adapter_name, config)
+        try:
+            _copy_into(model, adapter_name, shapes, file.get_tensor, weights)
+        except Exception:
+            delete_adapter(model, adapter_name)
+            raise
     set_adapter(model, adapter_name)
     if not is_trainable:
         for p in require_state(model).method.adapter_tensors(model, adapter_name).values():
@@ -254,21 +256,24 @@ def load_adapter(
     return model
 
 
-def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], source: Path) -> None:
+def _copy_into(model: nn.Module, name: str, shapes: dict[str, tuple[int, ...]],
+               read: Callable[[str], torch.Tensor], source: Path) -> None:
+    """Copy the file's tensors (``shapes`` by key; ``read`` gives one) into adapter ``name``, once every key and
+    shape is checked."""
     expected = require_state(model).method.load_keys(model, name)
     unknown, mismatched = [], []
-    extra_base: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
+    extra_base: list[str] = []
+    for key, shape in shapes.items():
         target = expected.get(key)
         if target is None:
             # peft also saves the base weight of a targeted embedding: accept it if it fits.
             if key.endswith(".base_layer.weight"):
-                extra_base[key] = value
+                extra_base.append(key)
                 continue
             unknown.append(key)
-        elif tuple(target.shape) != tuple(value.shape):
-            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
-    missing = sorted(set(expected) - set(tensors))
+        elif tuple(target.shape) != shape:
+            mismatched.append(f"{key} has shape {shape}; the model needs {tuple(target.shape)}")
+    missing = sorted(set(expected) - set(shapes))
     problems = []
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:3]}")
@@ -282,10 +287,11 @@ def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], so
             + ". Was it trained for another base model?"
         )
     with torch.no_grad():
-        for key, value in tensors.items():
+        for key in shapes:
             if key in expected:
-                expected[key].copy_(value.to(expected[key].dtype))
-        for key, value in extra_base.items():
+                expected[key].copy_(read(key).to(expected[key].dtype))
+        for key in extra_base:
+            value = read(key)
             module_name = key.removeprefix("base_model.model.").removesuffix(".base_layer.weight")
             try:
                 module = model.get_submodule(module_name)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from leantune.errors import LeantuneError
+from leantune.methods.rows import RowOp
 from leantune.models.quantize import QuantizedLinear, dequantized_weight, is_quantized_layer
 
 try:  # GPT-2 style layers keep their weight as (in_features, out_features)
@@ -132,6 +133,11 @@ class AdapterLayer(nn.Module):
                 self._unmerge(name)
             self.merged_adapters.remove(name)
 
+    def row_op(self, name: str) -> RowOp:
+        """What adapter ``name`` does to a slice of a batch's rows, its weights fixed (see
+        :mod:`leantune.methods.rows`); the layer should be in evaluation mode."""
+        raise LeantuneError(f"{type(self).__name__} adapters cannot be served beside other adapters.")
+
     def _merge(self, name: str) -> None:
         raise LeantuneError(f"{type(self).__name__} adapters cannot be merged into the base weights.")
 
@@ -186,6 +192,39 @@ class ModulesToSave(nn.Module):
     def delete_adapter(self, name: str) -> None:
         if name in self.modules_to_save:
             del self.modules_to_save[name]
+
+    def row_ops(self, name: str) -> dict[str, RowOp]:
+        """Adapter ``name``'s copy as row ops, one per linear layer or embedding in it, by name relative to this
+        module ("" for the module itself); a copy with parameters elsewhere (a norm) is a LeantuneError."""
+        ops: dict[str, RowOp] = {}
+        for sub, module in self.modules_to_save[name].named_modules():
+            if isinstance(module, (*LINEAR_TYPES, nn.Embedding)):
+                ops[sub] = ReplaceRowOp(module)
+            elif module._parameters and any(p is not None for p in module._parameters.values()):
+                raise LeantuneError(f"modules_to_save holds a {type(module).__name__} ('{sub}'); only heads made of "
+                                    "linear layers are served.")
+        return ops
+
+
+class ReplaceRowOp(RowOp):
+    """A layer trained in full (``modules_to_save``: a task head): its own copy computes these rows' output."""
+
+    replaces = True
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    @property
+    def out_features(self) -> int:  # type: ignore[override]
+        if isinstance(self.module, nn.Embedding):
+            return self.module.embedding_dim
+        return in_out_features(self.module)[1]
+
+    def compute(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        if isinstance(self.module, nn.Embedding):
+            return self.module(x)
+        dtype = weight_dtype_device(self.module)[0]
+        return self.module(x if x.dtype == dtype else x.to(dtype))
 
 
 # --------------------------------------------------------------------------------------------- state

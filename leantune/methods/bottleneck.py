@@ -8,6 +8,7 @@ layer norm. ``up`` starts at zero, so training starts from the base model. Not i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -23,6 +24,7 @@ from leantune.methods.base import (
     in_out_features,
     weight_dtype_device,
 )
+from leantune.methods.rows import RowOp
 from leantune.methods.targeting import find_targets, inject_layers
 from leantune.models.targets import arch_targets
 
@@ -52,6 +54,25 @@ class BottleneckConfig(MethodConfig):
     def from_peft_dict(cls, saved: dict[str, Any]) -> BottleneckConfig:
         fields = {k: v for k, v in saved.items() if k in cls.model_fields}
         return cls(**fields)
+
+
+def bottleneck_update(h: torch.Tensor, down: nn.Module, act: nn.Module, up: nn.Module, scaling: float) -> torch.Tensor:
+    """``s · up(act(down(h)))``, in ``h``'s dtype: what the adapter adds to the sublayer's output ``h``."""
+    return (up(act(down(h.to(down.weight.dtype)))) * scaling).to(h.dtype)
+
+
+@dataclass(eq=False)
+class BottleneckRowOp(RowOp):
+    """The bottleneck block on a slice of rows, added to their output in place (its modules in evaluation mode)."""
+
+    down: nn.Module
+    act: nn.Module
+    up: nn.Module
+    scaling: float
+
+    def apply(self, out: torch.Tensor, x: torch.Tensor, s: int, e: int, base: nn.Module) -> None:
+        h = out[s:e]
+        h += bottleneck_update(h, self.down, self.act, self.up, self.scaling)
 
 
 class BottleneckLayer(AdapterLayer):
@@ -87,9 +108,12 @@ class BottleneckLayer(AdapterLayer):
         name = self.live_adapter()
         if name is None:
             return h
-        down = self.adapter_down[name]
-        z = self.adapter_act[name](down(h.to(down.weight.dtype)))
-        return h + (self.adapter_up[name](z) * self.scaling[name]).to(h.dtype)
+        return h + bottleneck_update(h, self.adapter_down[name], self.adapter_act[name], self.adapter_up[name],
+                                     self.scaling[name])
+
+    def row_op(self, name: str) -> RowOp:
+        return BottleneckRowOp(self.adapter_down[name], self.adapter_act[name], self.adapter_up[name],
+                               self.scaling[name])
 
 
 class BottleneckMethod(Method):

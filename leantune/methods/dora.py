@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from leantune.methods.lora import LoraConfig, LoraLayer
 
 
-def weight_norm(weight: torch.Tensor, delta: torch.Tensor, in_axis: int) -> torch.Tensor:
-    """``‖W + ΔW‖`` per output feature (the norm over ``in_axis``), computed in ``delta``'s dtype."""
-    return torch.linalg.norm(weight.to(delta.dtype) + delta, dim=in_axis)
+def weight_norm(weight: torch.Tensor, delta: torch.Tensor, in_axis: int, spend_delta: bool = False) -> torch.Tensor:
+    """``‖W + ΔW‖`` per output feature (the norm over ``in_axis``), computed in ``delta``'s dtype; with
+    ``spend_delta`` the sum is made in ``delta`` itself (no second matrix of the weight's size)."""
+    total = delta.add_(weight.to(delta.dtype)) if spend_delta else weight.to(delta.dtype) + delta
+    return torch.linalg.norm(total, dim=in_axis)
 
 
 class DoraVariant(LoraVariant):
@@ -36,13 +38,17 @@ class DoraVariant(LoraVariant):
 
     def init(self, layer: LoraLayer, name: str, config: LoraConfig) -> None:
         with torch.no_grad():
-            norm = weight_norm(layer.base_weight(), layer.delta_weight(name), layer.in_axis)
+            norm = weight_norm(layer.base_weight(), layer.delta_weight(name), layer.in_axis, spend_delta=True)
         layer.lora_magnitude_vector[name] = nn.Parameter(norm)
 
     def magnitude_scale(self, layer: LoraLayer, name: str, weight: torch.Tensor) -> torch.Tensor:
         """``m / ‖W + s·BA‖`` per output feature, the norm detached from the graph."""
-        norm = weight_norm(weight, layer.delta_weight(name).detach(), layer.in_axis).detach()
+        norm = weight_norm(weight, layer.delta_weight(name).detach(), layer.in_axis, spend_delta=True).detach()
         return layer.lora_magnitude_vector[name] / norm
+
+    def row_scale(self, layer: LoraLayer, name: str) -> torch.Tensor:
+        with torch.no_grad():
+            return self.magnitude_scale(layer, name, layer.base_weight())
 
     def forward(self, layer: LoraLayer, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         dropout = layer.lora_dropout[name]

@@ -6,6 +6,7 @@ input is, ``y = W (l ⊙ x) + b``. Vectors start at ones, so the model starts as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -22,6 +23,7 @@ from leantune.methods.base import (
     weight_as_out_in,
     weight_dtype_device,
 )
+from leantune.methods.rows import RowOp
 from leantune.methods.targeting import (
     inject_layers,
     portable_target_names,
@@ -61,6 +63,30 @@ class IA3Config(MethodConfig):
         )
 
 
+def scaled(t: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``t`` scaled feature-wise by the (flattened) IA3 vector, in ``t``'s dtype."""
+    return t * vector.to(t.dtype)
+
+
+@dataclass(eq=False)
+class IA3RowOp(RowOp):
+    """IA3 on a slice of rows: their output rescaled (attention) or, for feed-forward layers, their input."""
+
+    vector: torch.Tensor  # flattened
+    feedforward: bool
+
+    @property
+    def scales_input(self) -> bool:  # type: ignore[override]
+        return self.feedforward
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        return scaled(x, self.vector)
+
+    def apply(self, out: torch.Tensor, x: torch.Tensor, s: int, e: int, base: nn.Module) -> None:
+        if not self.feedforward:
+            out[s:e] = scaled(out[s:e], self.vector)
+
+
 class IA3Linear(AdapterLayer):
     """A learned scaling vector on the output (attention) or the input (feed-forward) of a linear layer."""
 
@@ -86,9 +112,11 @@ class IA3Linear(AdapterLayer):
             return self.base_layer(x, *args, **kwargs)
         scale = self.ia3_l[name].flatten()
         if self.is_feedforward:
-            return self.base_layer(x * scale.to(x.dtype), *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        return result * scale.to(result.dtype)
+            return self.base_layer(scaled(x, scale), *args, **kwargs)
+        return scaled(self.base_layer(x, *args, **kwargs), scale)
+
+    def row_op(self, name: str) -> RowOp:
+        return IA3RowOp(self.ia3_l[name].detach().flatten(), self.is_feedforward)
 
     def _scale_weight(self, name: str, invert: bool) -> None:
         scale = self.ia3_l[name].detach().flatten()

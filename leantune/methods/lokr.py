@@ -14,7 +14,6 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -25,6 +24,7 @@ from leantune.methods.weight_delta import (
     LinearAdapterMethod,
     adapter_dtype,
     config_from_peft_fields,
+    delta_output,
     peft_dict_from_fields,
 )
 
@@ -162,7 +162,7 @@ class LoKrLinear(DeltaLayer):
             if rescale:
                 keep = keep / keep.mean()
             delta = delta * keep[:, None]
-        return result + F.linear(x.to(delta.dtype), delta).to(result.dtype)
+        return result + delta_output(x, delta).to(result.dtype)
 
 
 class LoKrMethod(LinearAdapterMethod):

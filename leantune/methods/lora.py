@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -36,6 +37,7 @@ from leantune.methods.base import (
 from leantune.methods.dora import DoraEmbeddingVariant, DoraVariant
 from leantune.methods.lora_variant import LoraVariant
 from leantune.methods.loraplus import loraplus_learning_rates
+from leantune.methods.rows import RowOp
 from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
 from leantune.models.quantize import is_quantized_layer
 
@@ -143,6 +145,65 @@ class LoraConfig(MethodConfig):
 def lora_update(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
     """``s · B A x``: the scale is applied on the rank-r activations (r columns, not out_features)."""
     return F.linear(F.linear(x, a) * scaling, b)
+
+
+def embedding_lora_output(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
+                          base: nn.Embedding) -> torch.Tensor:
+    """``s · (BA)ᵀ[ids]`` beside the embedding ``base`` (``a``: r × num_embeddings, ``b``: dim × r), times the
+    embedding's own scale where it has one (Gemma)."""
+    rows = F.embedding(ids, a.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse)
+    out = rows @ b.T * scaling
+    embed_scale = getattr(base, "embed_scale", None)
+    return out * embed_scale if embed_scale is not None else out
+
+
+@dataclass(eq=False)
+class LoraRowOp(RowOp):
+    """LoRA on a slice of rows: ``y + B (s·A) x``. With ``scale`` (DoRA's ``m / ‖W + sBA‖`` per output, fixed
+    while serving): ``b + scale · (y - b + B (s·A) x)``, which is DoRA's ``y + (k - 1)(y - b) + k·sBAx``.
+
+    ``scaled_a`` holds ``s·A`` and the update is added in place (one GEMM with accumulate): on a CPU a segment costs
+    mostly its number of kernel launches, so each saved one counts."""
+
+    scaled_a: torch.Tensor  # (r, in)
+    b: torch.Tensor  # (out, r)
+    scale: torch.Tensor | None = None  # (out,)
+
+    def __post_init__(self) -> None:
+        self.bt = self.b.T  # addmm_ takes the transposed view as it is
+
+    def apply(self, out: torch.Tensor, x: torch.Tensor, s: int, e: int, base: nn.Module) -> None:
+        rows = out[s:e]
+        xs = x[s:e] if x.dtype == self.scaled_a.dtype else x[s:e].to(self.scaled_a.dtype)
+        if self.scale is None:
+            rows.addmm_(F.linear(xs, self.scaled_a).to(rows.dtype), self.bt.to(rows.dtype))
+            return
+        bias = getattr(base, "bias", None)
+        if bias is not None:
+            rows.sub_(bias)
+        rows.addmm_(F.linear(xs, self.scaled_a).to(rows.dtype), self.bt.to(rows.dtype))
+        rows.mul_(self.scale)
+        if bias is not None:
+            rows.add_(bias)
+
+
+@dataclass(eq=False)
+class LoraEmbeddingRowOp(RowOp):
+    """LoRA beside an embedding on a slice of rows (:func:`embedding_lora_output`); with ``scale`` (DoRA):
+    ``scale · (y + lora)``."""
+
+    a: torch.Tensor  # (r, num_embeddings)
+    b: torch.Tensor  # (dim, r)
+    scaling: float
+    scale: torch.Tensor | None = None  # (dim,)
+
+    def apply(self, out: torch.Tensor, x: torch.Tensor, s: int, e: int, base: nn.Module) -> None:
+        lora_out = embedding_lora_output(x[s:e], self.a, self.b, self.scaling, base)
+        result = out[s:e]
+        if self.scale is None:
+            result += lora_out.to(result.dtype)
+        else:
+            out[s:e] = result * self.scale + self.scale * lora_out
 
 
 def pissa_factors(weight: torch.Tensor, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,7 +351,7 @@ class LoraLinear(LoraLayer):
         return weight_as_out_in(self.base_layer)
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        return (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+        return (self.lora_B[name].weight @ self.lora_A[name].weight).mul_(self.scaling[name])
 
     def set_base_weight(self, weight: torch.Tensor) -> None:
         if is_quantized_layer(self.base_layer):
@@ -302,6 +363,10 @@ class LoraLinear(LoraLayer):
     def lora_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
         return self.update_fn(self.lora_dropout[name](x), A, B, self.scaling[name])
+
+    def row_op(self, name: str) -> RowOp:
+        A, B = self.lora_A[name].weight.detach(), self.lora_B[name].weight.detach()
+        return LoraRowOp(A * self.scaling[name], B, self.variants[name].row_scale(self, name))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         name = self.live_adapter()
@@ -364,18 +429,18 @@ class LoraEmbedding(LoraLayer):
         return self.base_layer.weight
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        return (self.lora_embedding_A[name].T @ self.lora_embedding_B[name].T) * self.scaling[name]
+        return (self.lora_embedding_A[name].T @ self.lora_embedding_B[name].T).mul_(self.scaling[name])
 
     def set_base_weight(self, weight: torch.Tensor) -> None:
         self.base_layer.weight.copy_(weight)
 
     def lora_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        b = self.base_layer
-        rows = F.embedding(x, self.lora_embedding_A[name].T, b.padding_idx, b.max_norm, b.norm_type,
-                           b.scale_grad_by_freq, b.sparse)
-        out = rows @ self.lora_embedding_B[name].T * self.scaling[name]
-        embed_scale = getattr(b, "embed_scale", None)  # e.g. Gemma's scaled embeddings
-        return out * embed_scale if embed_scale is not None else out
+        return embedding_lora_output(x, self.lora_embedding_A[name], self.lora_embedding_B[name], self.scaling[name],
+                                     self.base_layer)
+
+    def row_op(self, name: str) -> RowOp:
+        a, b = self.lora_embedding_A[name].detach(), self.lora_embedding_B[name].detach()
+        return LoraEmbeddingRowOp(a, b, self.scaling[name], self.variants[name].row_scale(self, name))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)

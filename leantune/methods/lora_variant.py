@@ -3,7 +3,7 @@
 Every adapter of a LoRA layer has a variant object (one per layer and adapter, so it may keep per-adapter state
 that is not a parameter). :class:`LoraVariant` itself is plain LoRA: ``y = base(x) + s·B A dropout(x)``, merged
 by adding ``s·BA`` to the base weight. A variant subclasses it and overrides what it changes; DoRA
-(:mod:`leantune.methods.dora`) overrides all four hooks. ``LoraConfig.variant`` names the variant an adapter
+(:mod:`leantune.methods.dora`) overrides all five hooks. ``LoraConfig.variant`` names the variant an adapter
 uses, and each layer kind maps that name to its class (``LoraLinear.variant_types``).
 
 What a layer offers its variants (``leantune.methods.lora.LoraLayer``): ``scaling[name]``, its A/B (and
@@ -36,6 +36,11 @@ class LoraVariant:
     def forward(self, layer: LoraLayer, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """The layer's output, given its input ``x`` (in the adapter's dtype) and ``result``, the base layer's."""
         return result + layer.lora_output(name, x).to(result.dtype)
+
+    def row_scale(self, layer: LoraLayer, name: str) -> torch.Tensor | None:
+        """Serving: the factor per output feature that a row's adapted output is scaled by (around the bias), with
+        the weights fixed; None for plain LoRA. A variant whose output is not of that form cannot be served."""
+        return None
 
     def merged(self, layer: LoraLayer, name: str, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """The base weight with adapter ``name`` folded in; ``delta`` is ``s·BA`` in the weight's layout."""

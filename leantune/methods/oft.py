@@ -11,6 +11,7 @@ model starts as the base. Parameter names, maths and file format are peft's (``p
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from leantune.errors import LeantuneError
 from leantune.methods.base import AdapterLayer, MethodConfig, in_out_features, weight_as_out_in
+from leantune.methods.rows import RowOp
 from leantune.methods.weight_delta import (
     LAYER_SELECTION_KEYS,
     LinearAdapterMethod,
@@ -190,6 +192,23 @@ class OFTRotation(nn.Module):
         return torch.block_diag(*rot.unbind(0))
 
 
+def rotate_input(rotation: OFTRotation, x: torch.Tensor) -> torch.Tensor:
+    """``x`` rotated by ``rotation`` (in its dtype), returned in ``x``'s dtype."""
+    return rotation(x.to(rotation.weight.dtype)).to(x.dtype)
+
+
+@dataclass(eq=False)
+class OFTRowOp(RowOp):
+    """OFT on a slice of rows: their input is rotated before the frozen layer runs (the rotation in evaluation
+    mode)."""
+
+    rotation: OFTRotation
+    scales_input = True
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        return rotate_input(self.rotation, x)
+
+
 class OFTLinear(AdapterLayer):
     """OFT before an ``nn.Linear`` or GPT-2 ``Conv1D``: the input is rotated, then the frozen layer applied."""
 
@@ -223,9 +242,11 @@ class OFTLinear(AdapterLayer):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         name = self.live_adapter()
         if name is not None:
-            rot = self.oft_R[name]
-            x = rot(x.to(rot.weight.dtype)).to(x.dtype)
+            x = rotate_input(self.oft_R[name], x)
         return self.base_layer(x, *args, **kwargs)
+
+    def row_op(self, name: str) -> RowOp:
+        return OFTRowOp(self.oft_R[name])
 
     def _merge(self, name: str) -> None:
         W = weight_as_out_in(self.base_layer)

@@ -16,7 +16,7 @@ from torch import nn
 
 from leantune.errors import LeantuneError
 from leantune.methods.base import MethodConfig, model_dims
-from leantune.methods.prompt_learning import PromptLearningMethod
+from leantune.methods.prompt_learning import PromptLearningMethod, VirtualTokens
 
 
 class PrefixTuningConfig(MethodConfig):
@@ -142,20 +142,31 @@ class PrefixTuningMethod(PromptLearningMethod):
         if self.cached_length(kwargs) > 0:  # a decoding step: the prefixes are in the cache already
             return kwargs
         state = model.__dict__["_leantune"]
-        resolved = state.resolved[state.active]
-        batch = self.batch_size(kwargs)
-        layers, heads = resolved["num_layers"], resolved["num_attention_heads"]
-        head_dim = resolved["token_dim"] // heads
-        values = encoder().to(model.get_input_embeddings().weight.dtype)
-        kv = values.view(n, layers * 2, heads, head_dim).permute(1, 2, 0, 3)  # (2L, H, n, D)
-        kv = kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (2L, B, H, n, D)
+        pairs = self.prefix_pairs(model, state.active, self.batch_size(kwargs))
         from leantune.models.compat import cache_kwarg
 
         kwargs.pop("past_key_values", None)
         kwargs.pop("cache", None)
         cache_cls = DynamicCache if kwargs.get("use_cache") else _prefix_only_cache_class()
-        kwargs[cache_kwarg(model)] = cache_cls([(kv[2 * i], kv[2 * i + 1]) for i in range(layers)])
+        kwargs[cache_kwarg(model)] = cache_cls(pairs)
         return kwargs
+
+    def prefix_pairs(self, model: nn.Module, name: str, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Adapter ``name``'s prefixes as one (key, value) pair per layer, each batch × kv_heads × n × head_dim."""
+        encoder = model.prompt_encoder[name]
+        resolved = model.__dict__["_leantune"].resolved[name]
+        n = encoder.embedding.weight.shape[0]
+        layers, heads = resolved["num_layers"], resolved["num_attention_heads"]
+        head_dim = resolved["token_dim"] // heads
+        values = encoder().to(model.get_input_embeddings().weight.dtype)
+        kv = values.view(n, layers * 2, heads, head_dim).permute(1, 2, 0, 3)  # (2L, H, n, D)
+        kv = kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (2L, B, H, n, D)
+        return [(kv[2 * i], kv[2 * i + 1]) for i in range(layers)]
+
+    def virtual_tokens(self, model: nn.Module, name: str) -> VirtualTokens:
+        with torch.no_grad():
+            pairs = self.prefix_pairs(model, name, 1)
+        return VirtualTokens(pairs[0][0].shape[-2], prefix=[(k.contiguous(), v.contiguous()) for k, v in pairs])
 
     def embeddings_to_save(self, encoder: nn.Module) -> torch.Tensor:
         return encoder().detach()

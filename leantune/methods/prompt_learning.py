@@ -8,6 +8,7 @@ plain transformers model.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,17 @@ def _positional_names(model: nn.Module) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+@dataclass
+class VirtualTokens:
+    """What a prompt-learning adapter puts before a sequence, as a server feeds it: prompt tuning's ``embeddings``
+    (n × hidden, before the prompt's) or prefix tuning's ``prefix`` (one (key, value) pair per layer, each
+    1 × kv_heads × n × head_dim, the cache's first entries)."""
+
+    n: int
+    embeddings: torch.Tensor | None = None
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
 class PromptLearningMethod(Method):
     """Base for methods that add virtual tokens at model level instead of wrapping layers."""
 
@@ -33,6 +45,11 @@ class PromptLearningMethod(Method):
 
     def rewrite(self, model: nn.Module, encoder: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Return the forward kwargs with the virtual tokens of ``encoder`` put in."""
+        raise NotImplementedError
+
+    def virtual_tokens(self, model: nn.Module, name: str) -> VirtualTokens:
+        """Adapter ``name``'s virtual tokens for one sequence of a decoder-only model, as :meth:`rewrite` puts them
+        in (for a server that feeds them itself)."""
         raise NotImplementedError
 
     def inject(self, model: nn.Module, name: str, config: Any) -> dict[str, Any]:

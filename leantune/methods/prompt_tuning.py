@@ -10,7 +10,7 @@ from torch import nn
 
 from leantune.errors import LeantuneError
 from leantune.methods.base import MethodConfig, model_dims
-from leantune.methods.prompt_learning import PromptLearningMethod
+from leantune.methods.prompt_learning import PromptLearningMethod, VirtualTokens
 
 
 class PromptTuningConfig(MethodConfig):
@@ -99,6 +99,10 @@ class PromptTuningMethod(PromptLearningMethod):
             raise LeantuneError(f"init_text {config.init_text!r} tokenises to nothing.")
         reps = -(-rows // len(ids))
         return torch.tensor((ids * reps)[:rows])
+
+    def virtual_tokens(self, model: nn.Module, name: str) -> VirtualTokens:
+        weight = model.prompt_encoder[name].embedding.weight.detach()
+        return VirtualTokens(weight.shape[0], embeddings=weight)
 
     def rewrite(self, model: nn.Module, encoder: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
         n = encoder.embedding.weight.shape[0] // transformer_submodules(model)  # virtual tokens per sequence

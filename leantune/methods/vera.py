@@ -21,6 +21,8 @@ from pydantic import Field
 from torch import nn
 
 from leantune.methods.base import AdapterLayer, MethodConfig, in_out_features, require_state
+from leantune.methods.lora import LoraRowOp
+from leantune.methods.rows import RowOp
 from leantune.methods.weight_delta import (
     LAYER_SELECTION_KEYS,
     DeltaLayer,
@@ -116,9 +118,19 @@ class VeraLinear(DeltaLayer):
         a, b = self.vera_projections.pair(name)
         return a[:, :fan_in], b[:fan_out, :]
 
-    def delta_weight(self, name: str) -> torch.Tensor:
+    def scaled_projections(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Λ_d A`` (r × in) and ``Λ_b B`` (out × r): the update is their product, a rank-r LoRA's."""
         a, b = self._projections(name)
-        return (self.vera_lambda_b[name][:, None] * b) @ (self.vera_lambda_d[name][:, None] * a)
+        return self.vera_lambda_d[name][:, None] * a, self.vera_lambda_b[name][:, None] * b
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        a, b = self.scaled_projections(name)
+        return b @ a
+
+    def row_op(self, name: str) -> RowOp:
+        """A LoRA op of rank r (the same function; no dense ``ΔW`` kept)."""
+        with torch.no_grad():
+            return LoraRowOp(*self.scaled_projections(name))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)

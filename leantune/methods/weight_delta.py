@@ -10,9 +10,11 @@ the config's ``bias`` option names.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from leantune.errors import LeantuneError
@@ -25,6 +27,7 @@ from leantune.methods.base import (
     is_conv1d,
     weight_as_out_in,
 )
+from leantune.methods.rows import RowOp
 from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
 from leantune.models.quantize import is_quantized_layer
 
@@ -44,12 +47,32 @@ def write_weight(layer: nn.Module, w_out_in: torch.Tensor) -> None:
     layer.weight.data.copy_(w_out_in.T if is_conv1d(layer) else w_out_in)
 
 
+def delta_output(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``ΔW x`` (``delta``: out × in), in the delta's dtype."""
+    return F.linear(x.to(delta.dtype), delta)
+
+
+@dataclass(eq=False)
+class DeltaRowOp(RowOp):
+    """A dense weight update on a slice of rows, ``y + ΔW x``, with ``ΔW`` computed once (fixed while serving):
+    the memory of a copy of the layer."""
+
+    delta: torch.Tensor  # (out, in)
+
+    def apply(self, out: torch.Tensor, x: torch.Tensor, s: int, e: int, base: nn.Module) -> None:
+        out[s:e] += delta_output(x[s:e], self.delta).to(out.dtype)
+
+
 class DeltaLayer(AdapterLayer):
     """An adapter layer whose update is an additive weight delta: ``y = W x + ΔW x``; merging adds ``ΔW`` to W."""
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """``ΔW`` of adapter ``name`` as (out_features, in_features), in the adapter's dtype."""
         raise NotImplementedError
+
+    def row_op(self, name: str) -> RowOp:
+        with torch.no_grad():
+            return DeltaRowOp(self.delta_weight(name))
 
     def _merge(self, name: str) -> None:
         W = weight_as_out_in(self.base_layer)

@@ -1,7 +1,8 @@
 """Serving-side wrappers around a shared base model's layers: each batch row gets its own adapter.
 
 The batch is ordered so that the rows of one adapter are contiguous (a *segment*, as in Punica's SGMV). A wrapped
-layer runs its base layer once over all rows, then applies each segment's adapter op to that segment's slice.
+layer runs its base layer once over all rows, then applies each segment's adapter op (a method's
+:class:`~leantune.methods.rows.RowOp`) to that segment's slice.
 Rows in no segment (requests for the base model) get exactly the base layer's output. Measured on CPU, a slice
 per adapter beats gathering per-row weights (see ``benchmarks/serve.py``): slices are views, so an adapter costs
 two small GEMMs on its own rows and nothing on the others.
@@ -17,19 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from leantune.serve.ops import LayerOp, ReplaceOp
-
-try:  # GPT-2 style layers keep their weight as (in_features, out_features)
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a hard dependency
-    Conv1D = ()  # type: ignore[assignment,misc]
+from leantune.methods.base import LINEAR_TYPES
+from leantune.methods.rows import RowOp
 
 
 @dataclass
 class Segment:
     """Rows ``start:end`` of the batch use ``ops`` (layer name -> op of one adapter)."""
 
-    ops: dict[str, LayerOp]
+    ops: dict[str, RowOp]
     start: int
     end: int
 
@@ -82,11 +79,11 @@ class RowLayer(nn.Module):
             x_in = scaled.view(x.shape)
         out = self.base_layer(x_in, *args, **kwargs)
         out = out.reshape(-1, out.shape[-1])
-        replaced = [(op, s * per_row, e * per_row) for op, s, e in active if isinstance(op, ReplaceOp)]
+        replaced = [(op, s * per_row, e * per_row) for op, s, e in active if op.replaces]
         if replaced:
             out = self._replace(out, flat, replaced)
         for op, s, e in active:
-            if not isinstance(op, ReplaceOp):
+            if not op.replaces:
                 op.apply(out, flat, s * per_row, e * per_row, self.base_layer)
         return out.view(*lead, out.shape[-1])
 
@@ -107,9 +104,7 @@ class RowLayer(nn.Module):
 
 def servable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every layer an adapter may change: linear layers (plain, GPT-2 Conv1D, quantized) and embeddings, by name."""
-    from leantune.serve.runs import servable_layer_types
-
-    kinds = servable_layer_types()
+    kinds = (*LINEAR_TYPES, nn.Embedding)
     wrapped = [name for name, m in model.named_modules() if isinstance(m, RowLayer)]
     return {name: m for name, m in model.named_modules() if name and isinstance(m, kinds)
             and not any(name.startswith(w + ".") for w in wrapped)}
@@ -123,7 +118,3 @@ def wrap_model(model: nn.Module, ctx: RowContext) -> dict[str, nn.Module]:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, RowLayer(name, layer, ctx))
     return layers
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    return bool(Conv1D) and isinstance(module, Conv1D)

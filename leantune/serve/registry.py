@@ -24,7 +24,7 @@ from torch import nn
 from leantune.errors import LeantuneError
 from leantune.run.loader import ServedRun, load_base, make_run_task, read_run, run_tokenizer
 from leantune.serve.layers import RowContext, Segment, wrap_model
-from leantune.serve.runs import chat_prompt, meta_model
+from leantune.serve.runs import chat_prompt
 from leantune.serve.weights import AdapterRejected, AdapterWeights, load_adapter_weights
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
@@ -279,7 +279,7 @@ class Registry:
     def _read(self, adapter: ServedAdapter) -> AdapterWeights:
         base = adapter.base
         return load_adapter_weights(adapter.run.adapter_dir, base.layers, base.model.config, base.device, base.dtype,
-                                    lambda: meta_model(adapter.task, adapter.run.model_path))
+                                    lambda: adapter.task.build_model(adapter.run.model_path, meta=True))
 
     @staticmethod
     def _dry_run(base: ServedBase, weights: AdapterWeights) -> None:

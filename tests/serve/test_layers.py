@@ -67,4 +67,4 @@ def test_an_adapter_for_another_base_is_refused(tmp_path):
     _saved("llama", "lora", tmp_path / "llama-lora", seed=0)
     layers = wrap_model(gpt2(), RowContext())
     with pytest.raises(AdapterRejected, match="does not have"):
-        load_adapter_weights(tmp_path / "llama-lora", layers, gpt2().config, torch.device("cpu"), torch.float32)
+        load_adapter_weights(tmp_path / "llama-lora", layers, gpt2().config, torch.device("cpu"), torch.float32, gpt2)
