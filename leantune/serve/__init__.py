@@ -5,9 +5,11 @@
 - :mod:`~leantune.serve.generation`: continuous batching for causal LMs; :mod:`~leantune.serve.encoder`:
   classification and extractive QA batches;
 - :mod:`~leantune.serve.registry`: bases, adapters, LRU of loaded adapters;
-- :mod:`~leantune.serve.api`, :mod:`~leantune.serve.gate`, :mod:`~leantune.serve.handlers`, :mod:`~leantune.serve.adapter_root`: the HTTP API;
-- :mod:`~leantune.serve.runs`: the one module that reaches into leantune's tasks and methods (run folders are read
-  by :mod:`leantune.run.loader`).
+- :mod:`~leantune.serve.api`, :mod:`~leantune.serve.gate`, :mod:`~leantune.serve.handlers`,
+  :mod:`~leantune.serve.adapter_root`: the HTTP API.
+
+Run folders are read by :mod:`leantune.run.loader`; prompts come from the run's task, decoding from
+:mod:`leantune.generate`, as ``leantune generate`` does.
 
 In-process use (a playground, a test): :func:`build_server` loads the runs, ``create_app(server)`` is the FastAPI
 app (its lifespan starts and drains the engines; when it is mounted inside another app, whose lifespan Starlette

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -147,3 +148,9 @@ class BatchKV:
         """The step wrote its keys/values into the buffers; record the new length and mask."""
         self.length += 1
         self.mask = mask
+
+
+def uses_full_attention_cache(model: nn.Module) -> bool:
+    """Whether every layer of the model's KV cache is plain full attention (what the batch cache handles)."""
+    cache = DynamicCache(config=model.config)
+    return all(type(layer) is DynamicLayer for layer in cache.layers)

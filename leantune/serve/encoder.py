@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from leantune.serve.layers import RowContext, Segment
-from leantune.serve.runs import heap_trimmer
 from leantune.serve.weights import AdapterWeights
 from leantune.serve.worker import Worker
+from leantune.system.memory import heap_trimmer
 
 
 @dataclass

@@ -22,10 +22,10 @@ from torch import nn
 
 from leantune.serve.cache import BatchKV, kv_of, make_cache
 from leantune.serve.layers import RowContext, Segment
-from leantune.serve.runs import heap_trimmer
 from leantune.serve.text import TextStream
 from leantune.serve.weights import AdapterWeights
 from leantune.serve.worker import Worker
+from leantune.system.memory import heap_trimmer
 
 
 @dataclass

@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from leantune.serve.encoder import EncodeRequest
 from leantune.serve.gate import ApiError
 from leantune.serve.registry import ServedAdapter, ServedBase
-from leantune.serve.runs import qa_windows
 from leantune.serve.schemas import AnswerRequest, ClassifyRequest
+from leantune.tasks.extractive_qa import make_windows
 
 logger = logging.getLogger("leantune.serve")
 
@@ -105,7 +105,9 @@ async def answer(server: Any, body: AnswerRequest) -> dict[str, Any]:
             if n_context > limit:
                 raise ApiError(400, f"context: {n_context} tokens; the limit is {limit} (--max-prompt-tokens).",
                                param="context", code="prompt_too_long")
-            return qa_windows(tok, body.question, body.context, run)
+            max_length = run.cfg.train.max_length  # the windows the run was trained on
+            stride = run.cfg.task_args.doc_stride or max_length // 3
+            return make_windows(tok, [body.question], [body.context], max_length, stride)
 
     windows = await run_in_threadpool(encode)
     rows = _rows(windows, len(windows["input_ids"]))

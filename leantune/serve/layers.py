@@ -3,9 +3,9 @@
 The batch is ordered so that the rows of one adapter are contiguous (a *segment*, as in Punica's SGMV). A wrapped
 layer runs its base layer once over all rows, then applies each segment's adapter op (a method's
 :class:`~leantune.methods.rows.RowOp`) to that segment's slice.
-Rows in no segment (requests for the base model) get exactly the base layer's output. Measured on CPU, a slice
-per adapter beats gathering per-row weights (see ``benchmarks/serve.py``): slices are views, so an adapter costs
-two small GEMMs on its own rows and nothing on the others.
+Rows in no segment (requests for the base model) get exactly the base layer's output. Slices are views, so an
+adapter costs two small GEMMs on its own rows and nothing on the others (``benchmarks/RESULTS.md`` compares it
+with gathering per-row weights).
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from torch import nn
 from leantune.errors import LeantuneError
 from leantune.run.loader import ServedRun, load_base, make_run_task, read_run, run_tokenizer
 from leantune.serve.layers import RowContext, Segment, wrap_model
-from leantune.serve.runs import chat_prompt
 from leantune.serve.weights import AdapterRejected, AdapterWeights, load_adapter_weights
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
@@ -80,7 +79,8 @@ class ServedAdapter:
     retired: bool = False  # unregistered: nobody may acquire it any more
 
     def prompt(self, messages: list[dict[str, str]]) -> str:
-        return chat_prompt(self.run, self.task, messages)
+        """The prompt for chat ``messages`` exactly as the run was trained (its template and system prompt)."""
+        return self.task.conversation_prompt(messages)
 
 
 def load_served_base(name: str, run: ServedRun, loaded: list[ServedBase]) -> ServedBase:

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leantune.errors import LeantuneError
+from leantune.generate import eos_ids, sample_tokens
+from leantune.models.compat import cache_kwarg
+from leantune.serve.cache import uses_full_attention_cache
 from leantune.serve.encoder import EncoderEngine
 from leantune.serve.generation import GenerationEngine
 from leantune.serve.metrics import Metrics
 from leantune.serve.registry import Registry, ServedBase
-from leantune.serve.runs import stop_token_ids
 from leantune.serve.weights import AdapterRejected
 
 ADMIN_TOKEN_ENV = "LEANTUNE_ADMIN_TOKEN"
@@ -86,14 +88,12 @@ class Server:
         if getattr(base.model.config, "is_encoder_decoder", False):
             raise LeantuneError(f"{base.run.run_dir}: encoder-decoder (seq2seq) models are not served yet; serve a "
                                 "decoder-only model's runs.")
-        from leantune.serve.runs import cache_kwarg, sample_tokens, uses_full_attention_cache
-
         if not uses_full_attention_cache(base.model):
             raise LeantuneError(f"{base.run.cfg.model}: its KV cache has sliding-window or recurrent layers, which "
                                 "leantune serve does not batch yet.")
 
         return GenerationEngine(base.model, base.tokenizer, base.ctx, base.lock,
-                                stop_token_ids(base.model, base.tokenizer), sample_tokens, cache_kwarg(base.model),
+                                eos_ids(base.model, base.tokenizer), sample_tokens, cache_kwarg(base.model),
                                 max_batch=o.max_batch, max_queue=o.max_queue,
                                 context_length=context_length(base), on_step=on_step)
 

@@ -29,7 +29,7 @@ from leantune.methods.base import AdapterLayer, ModulesToSave, in_out_features
 from leantune.methods.prompt_learning import VirtualTokens
 from leantune.methods.registry import REGISTRY, method_for_peft_type
 from leantune.methods.rows import RowOp
-from leantune.serve.runs import heap_trimmer
+from leantune.system.memory import heap_trimmer
 
 SERVABLE_TYPES = tuple(spec.peft_type for spec in REGISTRY.values() if not spec.preset and spec.method.multi_adapter)
 """Methods that add to a base without changing its weights, so that many of them share one copy of it."""

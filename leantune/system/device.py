@@ -15,7 +15,7 @@ def pick_device(local_rank: int | None = None) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware has it; fp32 on CPU (bf16 is 2-4x slower there)."""
+    """bf16 autocast where the hardware has it; fp32 on CPU (where bf16 runs slower than fp32)."""
     if precision == "fp32":
         return None
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from leantune.train.runs import load_run
 from tiny_models import save_tiny_bert, save_tiny_llama
 
 import leantune as lt
@@ -28,7 +29,6 @@ from leantune.serve.generation import GenRequest
 from leantune.serve.server import ServeOptions, Server
 from leantune.serve.weights import SERVABLE_TYPES, AdapterRejected
 from leantune.tasks import make_task
-from leantune.train.runs import load_run
 
 FORMATS = ("merged", "vllm", "peft", "lora")
 PLAN = {  # method: (base, method_args, served, peft has it, exports that apply)
