@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from leantune.train.runs import load_run
 from tiny_models import save_tiny_bert, save_tiny_llama
 
 import leantune as lt
@@ -24,6 +23,7 @@ from leantune.export import PEFT_LOADABLE, vllm_problems
 from leantune.generate import eos_ids, generate_ids
 from leantune.methods.registry import REGISTRY, method_config
 from leantune.models.loading import load_tokenizer
+from leantune.run.loader import load_run
 from leantune.serve.encoder import EncodeRequest
 from leantune.serve.generation import GenRequest
 from leantune.serve.server import ServeOptions, Server

@@ -3,12 +3,7 @@ readable), and the checkpoint the ``latest`` pointer names is tried first."""
 
 from __future__ import annotations
 
-import pytest
-from tiny_models import save_tiny_bert, sentiment_rows, write_csv
-
-from leantune.config import validate_config
 from leantune.run import layout
-from leantune.train.loop import fine_tune
 
 
 def test_the_names_are_the_run_folder_format():
@@ -20,18 +15,6 @@ def test_the_names_are_the_run_folder_format():
     assert (layout.CHECKPOINTS, layout.LATEST, layout.BEST, layout.TRAINABLE) == \
         ("checkpoints", "latest", "checkpoint-best", "trainable.safetensors")
     assert layout.checkpoint_name(120) == "step-0000120"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("layout")
-    cfg = validate_config({"model": save_tiny_bert(tmp / "m", pooling="mean"), "method": "lora",
-                           "method_args": {"r": 2},
-                           "data": {"train": write_csv(tmp / "train.csv", sentiment_rows(64)), "eval_fraction": 0.25},
-                           "train": {"max_steps": 4, "batch_size": 8, "max_length": 24, "num_threads": 1,
-                                     "eval_every": 2, "save_every": 2, "log_every": 1},
-                           "output_dir": str(tmp / "run")})
-    return fine_tune(cfg, quiet=True).run_dir
 
 
 def test_a_training_run_writes_what_the_layout_names(trained):

@@ -5,14 +5,11 @@ its task, labels and trained adapter."""
 from __future__ import annotations
 
 import pytest
-from tiny_models import save_tiny_bert, sentiment_rows, write_csv
 
-from leantune.config import validate_config
 from leantune.errors import LeantuneError
 from leantune.run.files import load_config_yaml, read_config
 from leantune.run.layout import ADAPTER_DIR, CONFIG_FILE, LABELS_FILE
 from leantune.run.loader import load_run, read_run, run_config
-from leantune.train.loop import fine_tune
 
 
 def test_a_folder_without_a_config_is_not_a_run(tmp_path):
@@ -32,17 +29,6 @@ def test_a_broken_config_is_located_never_echoed(tmp_path):
     (tmp_path / CONFIG_FILE).write_text("- a list\n- not a config\n")
     with pytest.raises(LeantuneError, match="not a run config"):
         load_config_yaml(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("loader")
-    cfg = validate_config({"model": save_tiny_bert(tmp / "m", pooling="mean"), "method": "lora",
-                           "method_args": {"r": 2},
-                           "data": {"train": write_csv(tmp / "train.csv", sentiment_rows(64)), "eval_fraction": 0.25},
-                           "train": {"max_steps": 2, "batch_size": 8, "max_length": 24, "num_threads": 1, "lr": 0.05},
-                           "output_dir": str(tmp / "run")})
-    return fine_tune(cfg, quiet=True).run_dir
 
 
 def test_a_finished_run_loads_with_its_task_and_adapter(trained):
