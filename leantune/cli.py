@@ -176,12 +176,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve run folders' adapters (and their bases) over an OpenAI-compatible HTTP API."""
     from leantune.serve.api import serve
-    from leantune.serve.server import ServeOptions, parse_runs
+    from leantune.serve.server import ADMIN_TOKEN_ENV, API_KEY_ENV, ServeOptions, parse_runs
 
     options = ServeOptions(
         host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
         max_adapters=args.max_adapters, max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
-        max_tokens=args.max_tokens, api_key=args.api_key, admin_token=args.admin_token, adapter_root=args.adapter_root,
+        max_tokens=args.max_tokens, api_key=args.api_key or os.environ.get(API_KEY_ENV),
+        admin_token=args.admin_token or os.environ.get(ADMIN_TOKEN_ENV), adapter_root=args.adapter_root,
         limit_concurrency=args.limit_concurrency, shutdown_timeout=args.shutdown_timeout)
     serve(parse_runs(args.run_dirs, args.name), options)
 

@@ -300,8 +300,10 @@ MOVED_TO_TASK_ARGS = {
 """Keys of older configs that are now the task's own settings (``task_args.<name>``)."""
 
 
-def format_validation_error(e: ValidationError, source: str, raw: dict[str, Any] | None = None) -> str:
-    """One line for every problem of the config ``raw`` read from ``source``, each naming its key."""
+def format_validation_error(e: ValidationError, source: str, raw: dict[str, Any] | None = None,
+                            echo_values: bool = True) -> str:
+    """One line for every problem of the config ``raw`` read from ``source``, each naming its key (and, unless
+    ``echo_values`` is off, what is wrong with the value it holds)."""
     lines = []
     for err in e.errors():
         loc = tuple(err["loc"])
@@ -316,6 +318,8 @@ def format_validation_error(e: ValidationError, source: str, raw: dict[str, Any]
             lines.append(f"unknown key '{key}'" + (f"; valid keys{where}: {', '.join(valid)}" if valid else ""))
         elif err["type"] == "missing":
             lines.append(f"missing key '{key}'")
+        elif not echo_values:
+            lines.append(f"'{key}': not a valid value ({err['type']})")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"'{key}': {msg} (got {err.get('input')!r})" if loc else msg)
@@ -361,13 +365,15 @@ def read_raw_config(path: str | Path, overrides: list[str] | None = None) -> dic
     return raw
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+def validate_config(raw: dict[str, Any], source: str = "config", echo_values: bool = True) -> RunConfig:
+    """``raw`` as a :class:`RunConfig`; every problem named by its key (``echo_values`` off: not what the file holds
+    there, for a server that answers clients about files they cannot read)."""
     try:
         return RunConfig(**raw)
     except ValidationError as e:
-        raise LeantuneError(format_validation_error(e, source, raw)) from None
+        raise LeantuneError(format_validation_error(e, source, raw, echo_values)) from None
     except LeantuneError as e:
-        raise LeantuneError(f"{source}: {e}") from None
+        raise LeantuneError(f"{source}: {e}" if echo_values else f"{source}: not a valid run config") from None
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:

@@ -23,9 +23,10 @@ from leantune.system.device import pick_device
 from leantune.tasks import Task, make_task, task_class
 
 
-def run_config(run_dir: Path) -> RunConfig:
-    """The run's saved config, validated; an error naming the file when the folder has none or it is not valid."""
-    return validate_config(load_config_yaml(run_dir), str(run_dir / CONFIG_FILE))
+def run_config(run_dir: Path, echo_values: bool = True) -> RunConfig:
+    """The run's saved config, validated; an error naming the file when the folder has none or it is not valid
+    (``echo_values`` off: naming keys, never the values the file holds)."""
+    return validate_config(load_config_yaml(run_dir), str(run_dir / CONFIG_FILE), echo_values)
 
 
 def run_task(cfg: RunConfig, run_dir: Path, tokenizer: Any, model_path: str) -> Task:
@@ -82,10 +83,15 @@ class ServedRun:
         return (self.model_path, head, cfg.quantize, cfg.trust_remote_code, cfg.allow_pickle_weights)
 
 
-def read_run(run_dir: str | os.PathLike, name: str | None = None) -> ServedRun:
-    """Check a run folder (config, adapter, labels) without loading any weights."""
+def read_run(run_dir: str | os.PathLike, name: str | None = None, models: set[str] | None = None) -> ServedRun:
+    """Check a run folder (config, adapter, labels) without loading any weights. ``models``, for a folder a client
+    named: the only ``model:`` values allowed (checked before the model is looked up, so nothing else is read or
+    converted), and errors name the config's keys, never the values in it."""
     run = Path(run_dir).expanduser()
-    cfg = run_config(run)
+    cfg = run_config(run, echo_values=models is None)
+    if models is not None and cfg.model not in models:
+        raise LeantuneError(f"{run} was trained on model {cfg.model!r}, which is not served here; served: "
+                            f"{sorted(models)}.")
     if not (run / ADAPTER_DIR).is_dir():
         raise LeantuneError(f"{run}: no {ADAPTER_DIR}/ folder (did the run finish?).")
     labels = read_labels(run)

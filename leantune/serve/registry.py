@@ -157,7 +157,7 @@ class Registry:
         with self.cond:
             if name in self.adapters or name in self.bases:
                 raise AdapterRejected(f"a model named '{name}' is already served; DELETE it first or pick another name.")
-        run = read_run(run_dir, name)
+        run = read_run(run_dir, name, None if new_bases else {b.run.cfg.model for b in self.bases.values()})
         if not new_bases and not any(b.run.base_key == run.base_key for b in self.bases.values()):
             raise AdapterRejected(f"{run.run_dir} was trained on {run.cfg.model} ({run.kind}), which this server does "
                                   f"not serve; bases: {list(self.bases)}.")

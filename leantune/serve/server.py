@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from leantune.serve.weights import AdapterRejected
 
 ADMIN_TOKEN_ENV = "LEANTUNE_ADMIN_TOKEN"
 API_KEY_ENV = "LEANTUNE_API_KEY"
+"""Read by ``leantune serve`` on the command line; a server built in-process (the dashboard's playground) has only
+the options it is given."""
 
 
 @dataclass
@@ -40,8 +41,8 @@ class ServeOptions:
     """Seconds in-flight requests get to finish on Ctrl-C / SIGTERM; then they are cancelled."""
 
     def __post_init__(self) -> None:
-        self.api_key = self.api_key or os.environ.get(API_KEY_ENV) or None
-        self.admin_token = self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+        self.api_key = self.api_key or None
+        self.admin_token = self.admin_token or None
         for name in ("max_batch", "max_queue", "max_body_bytes", "max_prompt_tokens", "max_tokens",
                      "limit_concurrency"):
             if getattr(self, name) < 1:

@@ -3,6 +3,7 @@ from the run folders at the time of the request. Errors come back as ``{"error":
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from leantune.ui.launch import Launcher
 from leantune.ui.playground import MOUNT, Playground, served_name
 from leantune.ui.runs import list_runs, resolve_run
 
+logger = logging.getLogger("leantune.ui")
 HERE = Path(__file__).resolve().parent
 
 
@@ -74,7 +76,8 @@ def create_app(runs: Path, allow: list[Path] | None = None, hosts: list[str] | N
 
     @app.exception_handler(Exception)
     async def any_error(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal error (the dashboard's log has the details)"}, status_code=500)
 
     def page(request: Request, template: str, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, template, {"root": str(root), "csrf_token": token, **context})

@@ -13,11 +13,12 @@ for that run, or whose command line (``/proc/PID/cmdline``) is ``leantune train`
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-from leantune.config import RunConfig, read_raw_config
+from leantune.config import RunConfig, load_config, read_raw_config
 from leantune.errors import LeantuneError
 from leantune.ui.runs import find_runs
 
@@ -54,6 +55,16 @@ def check_launch(cfg: RunConfig, root: Path, nproc: int, overwrite: bool) -> Pat
     if not 1 <= nproc <= limit:
         raise LeantuneError(f"processes (--nproc) must be 1 to {limit} on this machine, not {nproc}.")
     return run_dir
+
+
+def pin_checked(config: Path, overrides: list[str], output_dir: str, run_dir: Path, cwd: Path) -> list[str]:
+    """``overrides`` plus what the checks allowed, pinned for the process started in ``cwd`` (the file may change
+    before it reads it): its ``output_dir`` (leading to ``run_dir``), and code from models off. Values go as JSON
+    strings (valid YAML: no comment or line folding can change them), and the pinned config is read back here."""
+    pinned = [*overrides, f"output_dir={json.dumps(output_dir)}", *(f"{key}=false" for key in REFUSED_KEYS)]
+    if (cwd / load_config(str(config), pinned).output_dir).resolve() != run_dir:
+        raise LeantuneError(f"output_dir {output_dir!r} does not survive the command line; choose a plain name.")
+    return pinned
 
 
 def check_resume(cfg: RunConfig) -> None:

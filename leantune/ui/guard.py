@@ -92,7 +92,9 @@ class RequestGuard:
         if not self.hosts.allows(host, 443 if scheme in ("https", "wss") else 80):
             return 403, (f"Host {host!r} is not an address of this dashboard (allowed: {self.hosts}); start "
                          "`leantune ui` with --allow-host NAME to reach it by another name.")
-        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+        if headers.get("sec-fetch-site") in ("cross-site", "same-site"):  # a browser says another site asked
+            return 403, "a request from another site is refused"
+        if scope["type"] == "http" and scope["method"] in SAFE_METHODS:
             return None
         origin = headers.get("origin")
         if not origin:
@@ -100,6 +102,8 @@ class RequestGuard:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or parts.netloc.lower() != str(host).lower():
             return 403, f"cross-origin request from {origin} refused"
+        if scope["type"] != "http":  # a websocket from this page's origin
+            return None
         if not hmac.compare_digest(headers.get(TOKEN_HEADER, "").encode(), self.token.encode()):
             return 403, "missing or wrong X-CSRF-Token: reload the dashboard's page"
         if scope["path"].startswith("/api/") and not headers.get("content-type", "").startswith("application/json"):

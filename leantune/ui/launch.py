@@ -21,10 +21,10 @@ from leantune.run.files import read_config
 from leantune.run.layout import CONFIG_FILE, candidates
 from leantune.run.status import is_running, process_alive, read_status
 from leantune.ui.confine import (
-    REFUSED_KEYS,
     check_launch,
     check_overrides,
     check_resume,
+    pin_checked,
     trains_run,
     valid_pid,
 )
@@ -89,8 +89,7 @@ class Launcher:
         if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
             raise LeantuneError(f"output_dir {run_dir} already holds a run: tick 'overwrite' to replace it, or "
                                 "resume it from its page.")
-        # what was checked is pinned on the command line: the file may change before the process reads it
-        pinned = [*overrides, f"output_dir={run_dir}", *(f"{key}=false" for key in REFUSED_KEYS)]
+        pinned = pin_checked(path, overrides, str(run_dir), run_dir, Path.cwd())
         argv = ["train", str(path), *(x for kv in pinned for x in ("--set", kv)), "--quiet"]
         argv += (["--nproc", str(nproc)] if nproc > 1 else []) + (["--overwrite"] if overwrite else [])
         return self._start(argv, run_dir, Path.cwd())
@@ -103,12 +102,13 @@ class Launcher:
             raise LeantuneError(f"{run_dir.name} is running already.")
         if not candidates(run_dir):
             raise LeantuneError(f"{run_dir.name} has no checkpoint to resume from.")
-        output_dir = Path(str(read_config(run_dir).get("output_dir", "")))
-        cwd = _start_folder(run_dir, output_dir)
+        output_dir = str(read_config(run_dir).get("output_dir", ""))
+        cwd = _start_folder(run_dir, Path(output_dir))
         config = run_dir / CONFIG_FILE
         overrides = [f"train.max_steps={max_steps}"] if max_steps else []
         check_resume(load_config(str(config), overrides))
-        argv = ["train", str(config), "--quiet", "--resume", *(x for kv in overrides for x in ("--set", kv))]
+        pinned = pin_checked(config, overrides, output_dir, run_dir.resolve(), cwd)
+        argv = ["train", str(config), "--quiet", "--resume", *(x for kv in pinned for x in ("--set", kv))]
         return self._start(argv, run_dir, cwd)
 
     def stop(self, run_dir: Path) -> int:

@@ -28,8 +28,12 @@ def serve_ui(runs: str, host: str = "127.0.0.1", port: int = 7860, allow: list[s
         except ValueError:
             raise LeantuneError(f"--allow-host {name!r}: expected NAME or NAME:PORT") from None
     app = create_app(root, [Path(a) for a in allow or []], served_hosts(host, port) + list(allow_hosts or []))
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host in ("0.0.0.0", "::", ""):
+        print(f"warning: listening on every interface, the dashboard answers only the loopback names and the names "
+              f"given with --allow-host (allowed: {', '.join(allow_hosts or []) or 'none'}); a machine that reaches "
+              "it by such a name can launch and stop training runs.", file=sys.stderr)
+    elif host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: the dashboard can launch and stop training runs; every machine that reaches {host}:{port} "
-              "may use it (by its address, or a name given with --allow-host).", file=sys.stderr)
+              "may use it (by that address, or a name given with --allow-host).", file=sys.stderr)
     print(f"leantune ui: http://{host}:{port}/  (runs: {root.resolve()})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -8,6 +8,7 @@ import shutil
 import threading
 
 import pytest
+import yaml
 from conftest import ADMIN, httpx
 from fastapi import FastAPI
 from starlette.testclient import TestClient
@@ -99,6 +100,30 @@ def test_a_yaml_error_names_the_place_not_the_text(live, serve_runs):
     r = httpx.post(live.url + "/v1/adapters", json={"name": "bad-yaml", "path": "bad-yaml"}, headers=AUTH, timeout=60)
     assert r.status_code == 400 and "not valid YAML (line " in r.json()["error"]["message"]
     assert SECRET not in r.text
+
+
+def test_a_config_value_is_never_echoed_and_an_unserved_base_is_never_looked_up(live, serve_runs, tmp_path):
+    folder = _copy_run(live, serve_runs, "extra", "bad-value")
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump({**raw, "train": {**raw["train"], "lr": SECRET}}))
+    r = httpx.post(live.url + "/v1/adapters", json={"name": "bad-value", "path": "bad-value"}, headers=AUTH,
+                   timeout=60)
+    assert r.status_code == 400 and "'train.lr'" in r.json()["error"]["message"] and SECRET not in r.text
+    folder = _copy_run(live, serve_runs, "extra", "other-base")
+    elsewhere = tmp_path / "elsewhere.gguf"  # would be converted into the cache if it were looked up
+    (folder / "config.yaml").write_text(yaml.safe_dump({**raw, "model": str(elsewhere)}))
+    r = httpx.post(live.url + "/v1/adapters", json={"name": "other-base", "path": "other-base"}, headers=AUTH,
+                   timeout=60)
+    assert r.status_code == 400 and "not served here" in r.json()["error"]["message"]
+
+
+def test_an_in_process_server_takes_no_keys_from_the_environment(monkeypatch):
+    from leantune.serve.server import ServeOptions
+
+    monkeypatch.setenv("LEANTUNE_API_KEY", "k")
+    monkeypatch.setenv("LEANTUNE_ADMIN_TOKEN", "t")
+    options = ServeOptions()  # the playground's: keys come from `leantune serve`'s command line only
+    assert options.api_key is None and options.admin_token is None
 
 
 @pytest.mark.parametrize("field, value, limit", [

@@ -136,7 +136,7 @@ def test_launch_runs_leantune_train_as_the_command_line_would(tmp_path, monkeypa
     config.write_text(yaml.safe_dump({"model": "minilm", "data": {"train": str(data)}, "output_dir": str(root / "r")}))
     record = Launcher(root, []).train(str(config), ["train.max_steps=7"], nproc=2)
     command, kwargs = started[0]
-    pinned = ["--set", f"output_dir={(root / 'r').resolve()}", "--set", "trust_remote_code=false",
+    pinned = ["--set", f"output_dir={json.dumps(str((root / 'r').resolve()))}", "--set", "trust_remote_code=false",
               "--set", "allow_pickle_weights=false"]  # what was checked, whatever the file says later
     assert command[1:] == ["-m", "leantune", "train", str(config), "--set", "train.max_steps=7", *pinned, "--quiet",
                            "--nproc", "2"]

@@ -104,6 +104,26 @@ def test_a_state_changing_request_needs_the_origin_and_the_token(app, tmp_path):
     assert allowed.status_code == 400 and "does not exist" in allowed.json()["error"]
 
 
+def test_a_request_another_site_makes_is_refused_even_a_get(app):
+    client = TestClient(app, base_url=OWN)
+    assert client.get("/api/runs").status_code == 200
+    for site in ("cross-site", "same-site"):  # an <img src> on another site (or another port) writing compare plots
+        r = client.get("/api/compare", params={"runs": "finished"}, headers={"sec-fetch-site": site})
+        assert r.status_code == 403 and "another site" in r.json()["error"]
+    assert client.get("/api/runs", headers={"sec-fetch-site": "same-origin"}).status_code == 200
+
+
+def test_an_internal_error_says_nothing_of_the_inside(app, monkeypatch):
+    from leantune.ui import app as app_module
+
+    def broken(*args):
+        raise RuntimeError("secret internals /etc/shadow")
+
+    monkeypatch.setattr(app_module, "list_runs", broken)
+    r = TestClient(create_app(app.state.launcher.root), base_url=OWN, raise_server_exceptions=False).get("/api/runs")
+    assert r.status_code == 500 and "secret" not in r.text and "RuntimeError" not in r.text
+
+
 def test_names_no_file_system_takes_are_a_4xx(app, tmp_path):
     client = TestClient(app, base_url=OWN)
     long = "a" * 5000
@@ -196,6 +216,34 @@ def test_refused_launches_are_a_400_json_error(project):
         "config": str(project["config"]), "overrides": ["trust_remote_code=true"]}).json()["error"]
     assert "inside the runs folder" in client.post("/api/launch", headers=own_headers(app), json={
         "config": str(project["config"]), "overrides": [f"output_dir={project['sentinel']}"]}).json()["error"]
+
+
+def test_what_was_checked_is_what_the_process_reads(project, monkeypatch):
+    """A name that YAML would cut (`` #`` starts a comment) or fold (a newline) cannot turn the checked run folder
+    into the runs folder itself or another run: the pinned values are quoted and read back."""
+    started: list = []
+
+    class Started:
+        pid = 4242
+
+        def __init__(self, command, **kwargs):
+            started.append(command)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(launch.subprocess, "Popen", Started)
+    root = project["root"]
+    (root / "keep").mkdir()
+    (root / "keep" / "config.yaml").write_text("task: classification\n")
+    launcher = Launcher(root, [])
+    for name in (" #x", "keep #x", ".ui #x"):
+        launcher.train(str(project["config"]), [f"output_dir={json.dumps(str(root / name))}"], overwrite=True)
+        argv = started.pop()
+        pinned = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+        cfg = confine.load_config(str(project["config"]), pinned)
+        assert cfg.output_dir == str((root / name).resolve()) and not cfg.trust_remote_code, name
+    assert (root / "keep" / "config.yaml").is_file()
 
 
 def test_the_process_bound_follows_the_machine(monkeypatch):
