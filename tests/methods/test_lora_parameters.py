@@ -146,6 +146,16 @@ def test_settings_lora_on_parameters_cannot_honour_are_refused_by_name():
     assert [m.parameter_names for m in only.modules() if isinstance(m, ParamLoraLayer)] == [["down_proj"]] * 2
 
 
+def test_loraplus_trains_the_experts_b_at_the_higher_rate():
+    config = lt.LoraConfig(r=4, loraplus_lr_ratio=16)
+    model = lt.attach(tiny("mixtral"), config)
+    rates = model.__dict__["_leantune"].method.learning_rates(model, config, 1e-3)
+    experts_b = [p for m in model.modules() if isinstance(m, ParamLoraLayer) for p in m.lora_B.parameters()]
+    experts_a = [p for m in model.modules() if isinstance(m, ParamLoraLayer) for p in m.lora_A.parameters()]
+    assert experts_b and all(rates[id(p)] == pytest.approx(16e-3) for p in experts_b)
+    assert not [p for p in experts_a if id(p) in rates]
+
+
 def test_conversion_to_lora_refuses_expert_parameters():
     model = lt.attach(tiny("mixtral"), lt.LoraConfig(r=4, init="random"))
     with pytest.raises(LeantuneError, match="expert parameters.*--to merged"):
