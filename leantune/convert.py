@@ -146,6 +146,10 @@ def to_lora(source: nn.Module | str | os.PathLike, rank: int, out_dir: str | os.
             raise LeantuneError(f"this LoRA was initialised with init={settings['init']}, which changed the base "
                                 "weights: save it (lt.save_adapter writes it relative to the original weights), "
                                 "load it on a fresh base, then convert.")
+        if state.resolved[name].get("target_parameters"):
+            raise LeantuneError("to_lora: this LoRA adapts expert parameters (target_parameters "
+                                f"{state.resolved[name]['target_parameters']}), which a LoRA of linear layers cannot "
+                                "hold; export it merged (--to merged) or as it is (--to peft).")
         updates, notes = _adapter_updates(model, name), []
         heads = list(state.resolved[name].get("modules_to_save") or [])
         bias_all = settings.get("bias") == "all"

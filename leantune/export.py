@@ -401,6 +401,9 @@ def vllm_problems(raw: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list
                         "e.g. a task head); vLLM requires none")
     if raw.get("bias", "none") != "none":
         problems.append(f"bias={raw['bias']!r} (trained biases); vLLM loads LoRA A/B weights only")
+    if raw.get("target_parameters"):
+        problems.append(f"LoRA on expert parameters (target_parameters {raw['target_parameters']}); vLLM loads LoRA "
+                        "on linear layers in peft's format")
     if raw.get("rank_pattern") or raw.get("alpha_pattern"):
         problems.append("rank_pattern/alpha_pattern (per-layer ranks or alphas); vLLM uses one r and lora_alpha")
     task = raw.get("task_type")
@@ -484,7 +487,8 @@ def _vllm_alternatives(src: Source) -> str:
     if method_for_peft_type(src.peft_type).mergeable:
         options.append("--to merged (a plain model folder vLLM serves as is)")
     convertible = src.raw.get("use_dora") or src.peft_type.lower() in CONVERTIBLE
-    if convertible and not src.raw.get("modules_to_save") and src.raw.get("task_type") in (None, "CAUSAL_LM"):
+    if (convertible and not src.raw.get("modules_to_save") and not src.raw.get("target_parameters")
+            and src.raw.get("task_type") in (None, "CAUSAL_LM")):
         options.append("--to lora --rank R (convert to plain LoRA) and then --to vllm on that folder")
     return ("Use " + ", or ".join(options) + ".") if options else "Use the run with leantune (generate, serve)."
 

@@ -131,6 +131,12 @@ class BottleneckMethod(Method):
                     f"Bottleneck adapters have no default placement for model type "
                     f"'{model.config.model_type}'; set target_modules to the attention and FFN output projections."
                 )
+            if arch.ffn_output is None:
+                raise LeantuneError(
+                    f"Bottleneck adapters: the FFN of model type '{model.config.model_type}' is a mixture of experts "
+                    "(3-D parameters), with no output projection to put an adapter after; set target_modules (the "
+                    f"attention output is {arch.attention_output!r})."
+                )
             target = arch.ffn_output if config.style == "pfeiffer" else f"(?:{arch.attention_output})|(?:{arch.ffn_output})"
         names = find_targets(model, target, LINEAR_TYPES, "bottleneck")
         inject_layers(model, names, BottleneckLayer, lambda _, m: BottleneckLayer(m), name, config)

@@ -35,6 +35,7 @@ from leantune.methods.base import (
     weight_dtype_device,
 )
 from leantune.methods.dora import DoraEmbeddingVariant, DoraVariant
+from leantune.methods.lora_parameters import inject_parameter_lora, parameter_lora_b
 from leantune.methods.lora_variant import LoraVariant
 from leantune.methods.loraplus import loraplus_learning_rates
 from leantune.methods.rows import RowOp
@@ -46,7 +47,7 @@ LoraInit = Literal["standard", "gaussian", "pissa", "olora", "random"]
 # peft keys that change what an adapter computes and that leantune does not implement: refuse rather than guess.
 _UNSUPPORTED_PEFT_KEYS = (
     "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "layer_replication", "use_qalora",
-    "lora_bias", "target_parameters", "trainable_token_indices", "alora_invocation_tokens", "use_bdlora",
+    "lora_bias", "trainable_token_indices", "alora_invocation_tokens", "use_bdlora",
     "megatron_config", "arrow_config", "velora_config", "kasa_config", "monteclora_config",
 )
 _LORAPLUS_LR_EMBEDDING = 1e-6  # peft's default
@@ -62,6 +63,10 @@ class LoraConfig(MethodConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | str | None = None
     """Module names (suffix match), a regex, ``"all-linear"``, or None for the architecture's default."""
+    target_parameters: list[str] | None = None
+    """Parameters to put LoRA on (peft's ``target_parameters``, suffix match): the 3-D expert weights of MoE blocks
+    (:mod:`leantune.methods.lora_parameters`). None: the architecture's default (the experts' weights of an MoE
+    model, none otherwise); []: none."""
     exclude_modules: list[str] | str | None = None
     use_rslora: bool = False
     use_dora: bool = False
@@ -103,6 +108,7 @@ class LoraConfig(MethodConfig):
             "lora_alpha": alpha,
             "lora_dropout": self.dropout,
             "target_modules": resolved["target_modules"],
+            "target_parameters": resolved.get("target_parameters"),
             "exclude_modules": None,
             "fan_in_fan_out": bool(resolved.get("fan_in_fan_out", False)),
             "bias": self.bias,
@@ -132,6 +138,7 @@ class LoraConfig(MethodConfig):
             alpha=saved.get("lora_alpha", 8),
             dropout=saved.get("lora_dropout", 0.0),
             target_modules=saved.get("target_modules"),
+            target_parameters=saved.get("target_parameters") or [],
             exclude_modules=saved.get("exclude_modules"),
             use_rslora=saved.get("use_rslora", False),
             use_dora=saved.get("use_dora", False),
@@ -454,7 +461,8 @@ class LoraMethod(Method):
 
     def inject(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, Any]:
         assert isinstance(config, LoraConfig)
-        targets = resolve_linear_targets(model, config.target_modules, config.exclude_modules, "LoRA", embeddings=True)
+        targets = [] if config.target_modules == [] else resolve_linear_targets(
+            model, config.target_modules, config.exclude_modules, "LoRA", embeddings=True)
 
         def make(tname: str, module: nn.Module) -> AdapterLayer:
             if config.fan_in_fan_out is False and is_conv1d(module):
@@ -462,9 +470,13 @@ class LoraMethod(Method):
             return LoraEmbedding(module) if isinstance(module, nn.Embedding) else LoraLinear(module)
 
         inject_layers(model, targets, (LoraLinear, LoraEmbedding), make, name, config)
+        parameters = inject_parameter_lora(model, name, config)
+        if not targets and not parameters:
+            raise LeantuneError("LoRA: target_modules and target_parameters select nothing; name what to adapt.")
         allowed = LINEAR_TYPES + (nn.Embedding,)
         return {
             "target_modules": portable_target_names(model, targets, allowed),
+            "target_parameters": parameters,
             "fan_in_fan_out": any(is_conv1d(model.get_submodule(t).base_layer) for t in targets),
         }
 
@@ -475,7 +487,8 @@ class LoraMethod(Method):
         layers = list(model.modules())
         return loraplus_learning_rates(
             model, lr, config.loraplus_lr_ratio, config.loraplus_lr_embedding,
-            b_params=[p for m in layers if isinstance(m, LoraLinear) for p in m.lora_B.parameters()],
+            b_params=[p for m in layers if isinstance(m, LoraLinear) for p in m.lora_B.parameters()]
+            + parameter_lora_b(model),
             embedding_params=[p for m in layers if isinstance(m, LoraEmbedding)
                               for p in (*m.lora_embedding_A.parameters(), *m.lora_embedding_B.parameters())],
         )

@@ -13,7 +13,7 @@ from torch import nn
 
 from leantune.errors import LeantuneError
 from leantune.methods.base import LINEAR_TYPES, AdapterLayer, MethodConfig, ModulesToSave
-from leantune.models.targets import arch_targets
+from leantune.models.targets import arch_targets, block_linear_names
 
 
 def target_matches(target: str | list[str] | tuple[str, ...], name: str) -> bool:
@@ -66,10 +66,11 @@ def resolve_linear_targets(
     what: str,
     embeddings: bool = False,
 ) -> list[str]:
-    """Full names of the layers to adapt: explicit names/regex, ``"all-linear"``, or the architecture default."""
+    """Full names of the layers to adapt: explicit names/regex, ``"all-linear"``, or the architecture default (for
+    a family without one: every linear layer inside the transformer blocks)."""
     if target is None:
         defaults = arch_targets(model)
-        target = list(defaults.lora) if defaults is not None else "all-linear"
+        target = list(defaults.lora) if defaults is not None else block_linear_names(model, is_linear) or "all-linear"
     if target == "all-linear":
         out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         skip = protected_prefixes(model)
@@ -102,6 +103,11 @@ def inject_layers(model: nn.Module, targets: list[str], layer_type: type | tuple
             module = make(tname, module)
             model.set_submodule(tname, module)
         module.add(adapter, config)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a linear layer (or an adapter layer around one)."""
+    return isinstance(module.base_layer if isinstance(module, AdapterLayer) else module, LINEAR_TYPES)
 
 
 def protected_prefixes(model: nn.Module) -> list[str]:

@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from leantune.adapters import CONFIG_NAME, WEIGHTS_NAME, load_adapter, read_adapter_config
 from leantune.errors import LeantuneError
 from leantune.methods.base import AdapterLayer, ModulesToSave, in_out_features
+from leantune.methods.lora_parameters import NOT_SERVED
 from leantune.methods.prompt_learning import VirtualTokens
 from leantune.methods.registry import REGISTRY, method_for_peft_type
 from leantune.methods.rows import RowOp
@@ -80,6 +81,8 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise AdapterRejected(f"{cfg_file}: {where}: {err['msg']}") from None
     except LeantuneError as e:
         raise AdapterRejected(str(e)) from None
+    if raw.get("target_parameters"):
+        raise AdapterRejected(f"{cfg_file}: {NOT_SERVED}")
     if raw.get("bias") not in (None, "none"):
         raise AdapterRejected(f"{cfg_file}: bias={raw['bias']!r} trains the base model's biases, which other adapters "
                               "share; export it merged instead.")
