@@ -14,6 +14,7 @@ from leantune.adapters import (
     trainable_parameters,
     unmerge_adapter,
 )
+from leantune.api import fine_tune
 from leantune.convert import ConversionReport, to_lora
 from leantune.errors import AdapterMismatchError, LeantuneError
 from leantune.export import export_run
@@ -31,6 +32,8 @@ from leantune.methods import (
     VeraConfig,
 )
 from leantune.tasks import TASKS  # noqa: F401  (registers every task's task_args schema with the config)
+from leantune.train.callbacks import Callback
+from leantune.train.loop import RunResult
 
 __version__ = "0.1.0"
 
@@ -39,5 +42,5 @@ __all__ = [
     "LeantuneError", "LoraConfig", "PrefixTuningConfig", "PromptTuningConfig", "adapter_names", "add_adapter",
     "attach", "delete_adapter", "disable_adapters", "export_run", "load_adapter", "merge", "merge_adapter",
     "save_adapter", "set_adapter", "trainable_parameters", "unmerge_adapter",
-    "LoKrConfig", "OFTConfig", "VeraConfig", "ConversionReport", "to_lora",
+    "LoKrConfig", "OFTConfig", "VeraConfig", "ConversionReport", "to_lora", "fine_tune", "Callback", "RunResult",
 ]

@@ -107,7 +107,11 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     warmup_steps: int | None = Field(None, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    max_length: int = Field(128, gt=1)
+    max_length: int | None = Field(None, gt=1)
+    """Tokens per example (longer ones are truncated, counted in the data report). None: the task chooses; the
+    generative tasks from the data (the longest tokenised example, or the 99th percentile where the longest is
+    more than twice that; within the model's context length; a multiple of 8), classification and extractive QA
+    128. The run's config.yaml keeps the value used."""
     packing: bool = False
     """Causal-LM tasks: pack several examples into each row of max_length tokens (attention and positions kept per
     example, loss per real token); batch_size then counts rows. No compute is spent on padding."""
@@ -286,8 +290,9 @@ def _valid_keys(model: type[BaseModel], loc: tuple, raw: dict[str, Any]) -> list
         current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if current is None:
             return []
-    if issubclass(current, MethodConfig):  # the method's own settings first, then the shared ones
-        return sorted(current.model_fields, key=lambda k: k in MethodConfig.model_fields)
+    if issubclass(current, MethodConfig):  # the method's own settings first, then the shared ones, then peft's names
+        own = sorted(current.model_fields, key=lambda k: k in MethodConfig.model_fields)
+        return own + [f"{theirs} (= {ours})" for theirs, ours in current.peft_names.items()]
     return list(current.model_fields)
 
 
@@ -356,13 +361,25 @@ def read_raw_config(path: str | Path, overrides: list[str] | None = None) -> dic
         raise LeantuneError(f"{path}: the config must be a mapping of keys to values.")
     for item in overrides or []:
         keys, value = parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise LeantuneError(f"--set {item}: '{k}' is not a section.")
-        node[keys[-1]] = value
+        set_key(raw, keys, value, f"--set {item}")
     return raw
+
+
+def set_key(raw: dict[str, Any], keys: list[str], value: Any, what: str) -> None:
+    """Set ``raw[keys[0]][keys[1]]...`` to ``value`` (sections made as needed). A method setting given by peft's
+    name replaces the one given by leantune's, and the other way round (``lora_alpha`` for ``alpha``)."""
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise LeantuneError(f"{what}: '{k}' is not a section.")
+    if keys[0] == "method_args" and len(keys) == 2:
+        spec = REGISTRY.get(raw.get("method", "lora"))
+        names = spec.config_cls.peft_names if spec else {}
+        for theirs, ours in names.items():
+            if keys[1] in (theirs, ours):
+                node.pop(ours if keys[1] == theirs else theirs, None)
+    node[keys[-1]] = value
 
 
 def validate_config(raw: dict[str, Any], source: str = "config", echo_values: bool = True) -> RunConfig:

@@ -135,8 +135,8 @@ def test_bad_adapter_folders(tmp_path):
     (bad / "adapter_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(lt.LeantuneError, match="not a readable safetensors"):
         lt.load_adapter(llama(), bad)
-    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "rank_pattern": {"q": 4}}))
-    with pytest.raises(lt.LeantuneError, match="rank_pattern"):
+    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "layer_replication": [[0, 1]]}))
+    with pytest.raises(lt.LeantuneError, match="layer_replication"):
         lt.load_adapter(llama(), bad)
 
 

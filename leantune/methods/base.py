@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from leantune.errors import LeantuneError
@@ -34,8 +34,34 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     peft_type: ClassVar[str] = ""
+    peft_names: ClassVar[dict[str, str]] = {}
+    """peft's name of a setting -> leantune's, where they differ (``lora_alpha`` -> ``alpha``): either is accepted."""
     modules_to_save: list[str] | None = None
     """Modules trained in full and saved with the adapter (task heads). None: the model's head, if it has one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_peft_names(cls, data: Any) -> Any:
+        """Read each of peft's names as leantune's (its value through :meth:`peft_value`); both at once is an error."""
+        if not isinstance(data, dict) or not any(k in data for k in cls.peft_names):
+            return data
+        data = dict(data)
+        for theirs, ours in cls.peft_names.items():
+            if theirs in data:
+                if ours in data:
+                    raise ValueError(f"'{ours}' and '{theirs}' (peft's name for it) are both given; give one")
+                data[ours] = cls.peft_value(ours, data.pop(theirs))
+        return data
+
+    @classmethod
+    def peft_value(cls, field: str, value: Any) -> Any:
+        """A value given under peft's name of ``field``, as leantune's field takes it."""
+        return value
+
+    def for_module(self, name: str) -> MethodConfig:
+        """The settings of the module named ``name`` (the same for every module unless the config has per-module
+        patterns, as LoRA's ``rank_pattern``)."""
+        return self
 
     def peft_dict(self, resolved: dict[str, Any]) -> dict[str, Any]:
         """The ``adapter_config.json`` content (peft's keys), given what injection resolved."""

@@ -14,12 +14,12 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 
 from leantune.methods.base import MethodConfig, in_out_features
+from leantune.methods.targeting import check_layer_selection, check_patterns, pattern_value
 from leantune.methods.weight_delta import (
-    LAYER_SELECTION_KEYS,
     DeltaLayer,
     LinearAdapterMethod,
     adapter_dtype,
@@ -27,8 +27,6 @@ from leantune.methods.weight_delta import (
     delta_output,
     peft_dict_from_fields,
 )
-
-_UNSUPPORTED_PEFT_KEYS = ("rank_pattern", "alpha_pattern", *LAYER_SELECTION_KEYS)
 
 
 class LoKrConfig(MethodConfig):
@@ -54,6 +52,14 @@ class LoKrConfig(MethodConfig):
     target_modules: list[str] | str | None = None
     """Module names (suffix match), a regex, ``"all-linear"``, or None for the architecture's default."""
     exclude_modules: list[str] | str | None = None
+    rank_pattern: dict[str, PositiveInt] = {}
+    """Module name or regex -> its r instead of ``r`` (peft's matching, as LoRA's ``rank_pattern``)."""
+    alpha_pattern: dict[str, PositiveFloat] = {}
+    """Module name or regex -> its alpha instead of ``alpha`` (matched as ``rank_pattern``)."""
+    layers_to_transform: list[int] | int | None = None
+    """Adapt only the modules in these layer indexes (peft's rule, as LoRA's ``layers_to_transform``)."""
+    layers_pattern: list[str] | str | None = None
+    """The name of the model's layer list (``layers``, ``h``) that ``layers_to_transform`` counts in."""
 
     @field_validator("decompose_factor")
     @classmethod
@@ -62,13 +68,25 @@ class LoKrConfig(MethodConfig):
             raise ValueError("decompose_factor must be -1 (near the square root) or a positive integer")
         return v
 
+    @model_validator(mode="after")
+    def _patterns_and_layers(self) -> LoKrConfig:
+        check_patterns(self.rank_pattern, self.alpha_pattern)
+        check_layer_selection(self.target_modules, self.layers_to_transform, self.layers_pattern)
+        return self
+
+    def for_module(self, name: str) -> LoKrConfig:
+        """The config of the module named ``name``: its r and alpha from ``rank_pattern``/``alpha_pattern``."""
+        r, alpha = pattern_value(self.rank_pattern, name, self.r), pattern_value(self.alpha_pattern, name, self.alpha)
+        return self if (r, alpha) == (self.r, self.alpha) else self.model_copy(update={"r": r, "alpha": alpha})
+
     def peft_dict(self, resolved: dict[str, Any]) -> dict[str, Any]:
-        return peft_dict_from_fields(self, resolved, use_effective_conv2d=False, rank_pattern={}, alpha_pattern={})
+        return peft_dict_from_fields(self, resolved, use_effective_conv2d=False)
 
     @classmethod
     def from_peft_dict(cls, d: dict[str, Any]) -> LoKrConfig:
         # use_effective_conv2d only changes Conv1d/Conv2d layers with a kernel, which leantune does not adapt.
-        return config_from_peft_fields(cls, d, _UNSUPPORTED_PEFT_KEYS, "LoKr")
+        return config_from_peft_fields(cls, {**d, "rank_pattern": d.get("rank_pattern") or {},
+                                             "alpha_pattern": d.get("alpha_pattern") or {}}, (), "LoKr")
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
 from leantune.errors import LeantuneError
@@ -39,24 +39,48 @@ from leantune.methods.lora_parameters import inject_parameter_lora, parameter_lo
 from leantune.methods.lora_variant import LoraVariant
 from leantune.methods.loraplus import loraplus_learning_rates
 from leantune.methods.rows import RowOp
-from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
+from leantune.methods.targeting import (
+    check_layer_selection,
+    check_patterns,
+    inject_layers,
+    keep_layers,
+    pattern_value,
+    portable_target_names,
+    resolve_linear_targets,
+)
 from leantune.models.quantize import is_quantized_layer
 
 LoraInit = Literal["standard", "gaussian", "pissa", "olora", "random"]
 
 # peft keys that change what an adapter computes and that leantune does not implement: refuse rather than guess.
 _UNSUPPORTED_PEFT_KEYS = (
-    "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "layer_replication", "use_qalora",
+    "layer_replication", "use_qalora",
     "lora_bias", "trainable_token_indices", "alora_invocation_tokens", "use_bdlora",
     "megatron_config", "arrow_config", "velora_config", "kasa_config", "monteclora_config",
 )
 _LORAPLUS_LR_EMBEDDING = 1e-6  # peft's default
+# peft's init_lora_weights values leantune implements, as leantune's ``init``.
+_PEFT_INITS: dict[str, LoraInit] = {"gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+
+
+def init_from_peft(value: Any) -> LoraInit:
+    """leantune's ``init`` for peft's ``init_lora_weights`` (True: standard, False: random, or a supported name)."""
+    if value is True or value is False:
+        return "standard" if value else "random"
+    if isinstance(value, str) and value in _PEFT_INITS:
+        return _PEFT_INITS[value]
+    raise ValueError(f"init_lora_weights={value!r} is not supported by leantune; supported: True, False, "
+                     f"{', '.join(map(repr, _PEFT_INITS))} (leantune's init: standard, random, gaussian, pissa, "
+                     "olora)")
 
 
 class LoraConfig(MethodConfig):
     """LoRA settings. ``use_dora`` turns it into DoRA, ``use_rslora`` scales by ``alpha / sqrt(r)``."""
 
     peft_type: ClassVar[str] = "LORA"
+    peft_names: ClassVar[dict[str, str]] = {
+        "lora_alpha": "alpha", "lora_dropout": "dropout", "init_lora_weights": "init",
+    }
 
     r: int = Field(8, gt=0, description="rank of the update")
     alpha: float = Field(16.0, gt=0, description="scale numerator: s = alpha / r")
@@ -82,11 +106,30 @@ class LoraConfig(MethodConfig):
     kept in the optimizer's groups and the run's config, not in adapter_config.json."""
     loraplus_lr_embedding: float = Field(_LORAPLUS_LR_EMBEDDING, gt=0)
     """LoRA+: the learning rate of LoRA's embedding layers (peft's ``loraplus_lr_embedding``)."""
+    rank_pattern: dict[str, PositiveInt] = {}
+    """Module name or regex -> its rank instead of ``r`` (peft's matching: the key matches the end of the module's
+    name at a dot boundary, the first matching key wins), e.g. ``{"q_proj": 16, "layers\\.0\\..*": 4}``."""
+    alpha_pattern: dict[str, PositiveFloat] = {}
+    """Module name or regex -> its alpha instead of ``alpha`` (matched as ``rank_pattern``)."""
+    layers_to_transform: list[int] | int | None = None
+    """Adapt only the modules in these layer indexes (the first number in the module's name after a dot, or after
+    ``layers_pattern``). Needs a list of target_modules (or the architecture's default)."""
+    layers_pattern: list[str] | str | None = None
+    """The name of the model's layer list (``layers``, ``h``) that ``layers_to_transform`` counts in."""
+
+    @classmethod
+    def peft_value(cls, field: str, value: Any) -> Any:
+        return init_from_peft(value) if field == "init" else value
 
     @model_validator(mode="after")
-    def _refuse_dora_with_residual_init(self) -> LoraConfig:
+    def _refuse_bad_combinations(self) -> LoraConfig:
         if self.use_dora and self.init in RESIDUAL_INITS:
             raise ValueError(f"DoRA with init '{self.init}' is not supported; choose one of them")
+        if self.init in RESIDUAL_INITS and (self.rank_pattern or self.alpha_pattern):
+            raise ValueError(f"init '{self.init}' with rank_pattern/alpha_pattern is not supported; use one r and "
+                             "alpha, or another init")
+        check_patterns(self.rank_pattern, self.alpha_pattern)
+        check_layer_selection(self.target_modules, self.layers_to_transform, self.layers_pattern)
         if self.loraplus_lr_ratio is None and self.loraplus_lr_embedding != _LORAPLUS_LR_EMBEDDING:
             raise ValueError("loraplus_lr_embedding applies with LoRA+ only: set loraplus_lr_ratio too")
         return self
@@ -94,6 +137,11 @@ class LoraConfig(MethodConfig):
     @property
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    def for_module(self, name: str) -> LoraConfig:
+        """The config of the module named ``name``: its r and alpha from ``rank_pattern``/``alpha_pattern``."""
+        r, alpha = pattern_value(self.rank_pattern, name, self.r), pattern_value(self.alpha_pattern, name, self.alpha)
+        return self if (r, alpha) == (self.r, self.alpha) else self.model_copy(update={"r": r, "alpha": alpha})
 
     @property
     def variant(self) -> str | None:
@@ -116,10 +164,10 @@ class LoraConfig(MethodConfig):
             "use_dora": self.use_dora,
             "init_lora_weights": {"gaussian": "gaussian", "random": False}.get(self.init, True),
             "modules_to_save": resolved.get("modules_to_save"),
-            "rank_pattern": {},
-            "alpha_pattern": {},
-            "layers_to_transform": None,
-            "layers_pattern": None,
+            "rank_pattern": dict(self.rank_pattern),
+            "alpha_pattern": dict(self.alpha_pattern),
+            "layers_to_transform": self.layers_to_transform,
+            "layers_pattern": self.layers_pattern,
         }
 
     @classmethod
@@ -142,10 +190,14 @@ class LoraConfig(MethodConfig):
             exclude_modules=saved.get("exclude_modules"),
             use_rslora=saved.get("use_rslora", False),
             use_dora=saved.get("use_dora", False),
-            init={True: "standard", False: "random", "gaussian": "gaussian"}[init],
+            init=init_from_peft(init),
             bias=saved.get("bias", "none"),
             fan_in_fan_out=saved.get("fan_in_fan_out"),
             modules_to_save=saved.get("modules_to_save"),
+            rank_pattern=saved.get("rank_pattern") or {},
+            alpha_pattern=saved.get("alpha_pattern") or {},
+            layers_to_transform=saved.get("layers_to_transform"),
+            layers_pattern=saved.get("layers_pattern") or None,
         )
 
 
@@ -463,6 +515,7 @@ class LoraMethod(Method):
         assert isinstance(config, LoraConfig)
         targets = [] if config.target_modules == [] else resolve_linear_targets(
             model, config.target_modules, config.exclude_modules, "LoRA", embeddings=True)
+        targets = keep_layers(targets, config.target_modules, config.layers_to_transform, config.layers_pattern, "LoRA")
 
         def make(tname: str, module: nn.Module) -> AdapterLayer:
             if config.fan_in_fan_out is False and is_conv1d(module):

@@ -21,8 +21,8 @@ from torch import nn
 from leantune.errors import LeantuneError
 from leantune.methods.base import AdapterLayer, MethodConfig, in_out_features, weight_as_out_in
 from leantune.methods.rows import RowOp
+from leantune.methods.targeting import check_layer_selection
 from leantune.methods.weight_delta import (
-    LAYER_SELECTION_KEYS,
     LinearAdapterMethod,
     adapter_dtype,
     config_from_peft_fields,
@@ -55,6 +55,10 @@ class OFTConfig(MethodConfig):
     target_modules: list[str] | str | None = None
     """Module names (suffix match), a regex, ``"all-linear"``, or None for the architecture's default."""
     exclude_modules: list[str] | str | None = None
+    layers_to_transform: list[int] | int | None = None
+    """Adapt only the modules in these layer indexes (peft's rule, as LoRA's ``layers_to_transform``)."""
+    layers_pattern: list[str] | str | None = None
+    """The name of the model's layer list (``layers``, ``h``) that ``layers_to_transform`` counts in."""
 
     @model_validator(mode="before")
     @classmethod
@@ -69,6 +73,7 @@ class OFTConfig(MethodConfig):
         if (self.r == 0) == (self.oft_block_size == 0):
             raise ValueError(f"give exactly one of r ({self.r}) and oft_block_size ({self.oft_block_size}); "
                              "r x oft_block_size = in_features, and the other is set to 0")
+        check_layer_selection(self.target_modules, self.layers_to_transform, self.layers_pattern)
         return self
 
     def peft_dict(self, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +89,7 @@ class OFTConfig(MethodConfig):
             warnings.warn(f"This OFT adapter was saved by peft {d.get('peft_version') or '< 0.18'}, whose "
                           "Cayley-Neumann series differed slightly; it is computed the current way, as peft does.",
                           stacklevel=2)
-        return config_from_peft_fields(cls, d, LAYER_SELECTION_KEYS, "OFT")
+        return config_from_peft_fields(cls, d, (), "OFT")
 
 
 def _older(version: str | None, than: str) -> bool:

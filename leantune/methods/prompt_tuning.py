@@ -17,6 +17,7 @@ class PromptTuningConfig(MethodConfig):
     """Prompt-tuning settings. ``init="text"`` starts the virtual tokens from the embeddings of ``init_text``."""
 
     peft_type: ClassVar[str] = "PROMPT_TUNING"
+    peft_names: ClassVar[dict[str, str]] = {"prompt_tuning_init": "init", "prompt_tuning_init_text": "init_text"}
 
     num_virtual_tokens: int = Field(20, gt=0)
     init: Literal["vocab", "random", "text"] = "vocab"
@@ -24,6 +25,12 @@ class PromptTuningConfig(MethodConfig):
     init_text: str | None = None
     tokenizer_name_or_path: str | None = None
     """Tokenizer for ``init_text``; None: the model's own folder (``model.config._name_or_path``)."""
+
+    @classmethod
+    def peft_value(cls, field: str, value: Any) -> Any:
+        if field == "init" and isinstance(value, str):  # peft's PromptTuningInit names (or leantune's own)
+            return {"SAMPLE_VOCAB": "vocab", "RANDOM": "random", "TEXT": "text"}.get(value.upper(), value)
+        return value
 
     def peft_dict(self, resolved: dict[str, Any]) -> dict[str, Any]:
         return {

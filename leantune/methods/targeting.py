@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -21,6 +22,63 @@ def target_matches(target: str | list[str] | tuple[str, ...], name: str) -> bool
     if isinstance(target, str):
         return re.fullmatch(target, name) is not None
     return any(name == t or name.endswith("." + t) for t in target)
+
+
+def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
+    """The value of the first key of ``patterns`` that matches the end of module ``name`` at a dot boundary (a key
+    is a regex: peft's ``rank_pattern``/``alpha_pattern`` rule), else ``default``."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", name):
+            return patterns[key]
+    return default
+
+
+def layer_index(name: str, layers_pattern: list[str] | str | None) -> int | None:
+    """The layer index in module ``name`` as peft reads it: the first number segment after ``<layers_pattern>.``,
+    or (no pattern) the first number segment after two names; None where there is none."""
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        for pattern in [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            if match is not None:
+                break
+    return int(match["idx"]) if match else None
+
+
+def check_patterns(*patterns: dict[str, Any]) -> None:
+    """Every key of ``rank_pattern``/``alpha_pattern``-style ``patterns`` is a regular expression (a ValueError
+    names the one that is not)."""
+    for key in (k for p in patterns for k in p):
+        try:
+            re.compile(key)
+        except re.error as e:
+            raise ValueError(f"rank_pattern/alpha_pattern key {key!r} is not a regular expression ({e})") from None
+
+
+def check_layer_selection(target: list[str] | str | None, layers: list[int] | int | None,
+                          layers_pattern: list[str] | str | None) -> None:
+    """peft's rules for ``layers_to_transform`` and ``layers_pattern`` (a ValueError names the keys)."""
+    if layers_pattern and layers is None:
+        raise ValueError("layers_pattern applies with layers_to_transform only: set layers_to_transform too")
+    if isinstance(target, str) and layers is not None:
+        raise ValueError(f"layers_to_transform needs target_modules as a list of names (peft's rule), not {target!r}")
+
+
+def keep_layers(names: list[str], target: list[str] | str | None, layers: list[int] | int | None,
+                layers_pattern: list[str] | str | None, what: str) -> list[str]:
+    """The targets in the layers ``layers`` (peft's ``layers_to_transform``; None or [] keeps all). As in peft, a
+    name listed whole in ``target`` is kept wherever it is."""
+    if layers is None or layers == []:
+        return names
+    wanted = {layers} if isinstance(layers, int) else set(layers)
+    whole = set(target) if isinstance(target, list) else set()
+    kept = [n for n in names if n in whole or layer_index(n, layers_pattern) in wanted]
+    if not kept:
+        found = sorted({i for n in names if (i := layer_index(n, layers_pattern)) is not None})
+        raise LeantuneError(f"{what}: layers_to_transform={layers!r} (layers_pattern={layers_pattern!r}) leaves no "
+                            f"target; the targets are in layers {found}")
+    return kept
 
 
 def find_targets(
@@ -94,7 +152,8 @@ def resolve_linear_targets(
 
 def inject_layers(model: nn.Module, targets: list[str], layer_type: type | tuple[type, ...],
                   make: Callable[[str, nn.Module], AdapterLayer], adapter: str, config: MethodConfig) -> None:
-    """Wrap each target in an adapter layer (``make``), unless it already is one, and add ``adapter`` to it."""
+    """Wrap each target in an adapter layer (``make``), unless it already is one, and add ``adapter`` to it with
+    the config's settings for that module."""
     for tname in targets:
         module = model.get_submodule(tname)
         if not isinstance(module, layer_type):
@@ -102,7 +161,7 @@ def inject_layers(model: nn.Module, targets: list[str], layer_type: type | tuple
                 raise LeantuneError(f"'{tname}' already carries a {type(module).__name__}; one method per model.")
             module = make(tname, module)
             model.set_submodule(tname, module)
-        module.add(adapter, config)
+        module.add(adapter, config.for_module(tname))
 
 
 def is_linear(module: nn.Module) -> bool:

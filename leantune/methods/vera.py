@@ -17,14 +17,14 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from leantune.methods.base import AdapterLayer, MethodConfig, in_out_features, require_state
 from leantune.methods.lora import LoraRowOp
 from leantune.methods.rows import RowOp
+from leantune.methods.targeting import check_layer_selection
 from leantune.methods.weight_delta import (
-    LAYER_SELECTION_KEYS,
     DeltaLayer,
     LinearAdapterMethod,
     adapter_dtype,
@@ -54,6 +54,15 @@ class VeraConfig(MethodConfig):
     target_modules: list[str] | str | None = None
     """Module names (suffix match), a regex, ``"all-linear"``, or None for the architecture's default."""
     exclude_modules: list[str] | str | None = None
+    layers_to_transform: list[int] | int | None = None
+    """Adapt only the modules in these layer indexes (peft's rule, as LoRA's ``layers_to_transform``)."""
+    layers_pattern: list[str] | str | None = None
+    """The name of the model's layer list (``layers``, ``h``) that ``layers_to_transform`` counts in."""
+
+    @model_validator(mode="after")
+    def _layers(self) -> VeraConfig:
+        check_layer_selection(self.target_modules, self.layers_to_transform, self.layers_pattern)
+        return self
 
     def peft_dict(self, resolved: dict[str, Any]) -> dict[str, Any]:
         d = peft_dict_from_fields(self, resolved, fan_in_fan_out=bool(resolved.get("fan_in_fan_out", False)))
@@ -62,7 +71,7 @@ class VeraConfig(MethodConfig):
 
     @classmethod
     def from_peft_dict(cls, d: dict[str, Any]) -> VeraConfig:
-        return config_from_peft_fields(cls, d, LAYER_SELECTION_KEYS, "VeRA")
+        return config_from_peft_fields(cls, d, (), "VeRA")
 
 
 def kaiming_projection(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:

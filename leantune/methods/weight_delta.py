@@ -28,7 +28,12 @@ from leantune.methods.base import (
     weight_as_out_in,
 )
 from leantune.methods.rows import RowOp
-from leantune.methods.targeting import inject_layers, portable_target_names, resolve_linear_targets
+from leantune.methods.targeting import (
+    inject_layers,
+    keep_layers,
+    portable_target_names,
+    resolve_linear_targets,
+)
 from leantune.models.quantize import is_quantized_layer
 
 
@@ -115,6 +120,8 @@ class LinearAdapterMethod(Method):
     def inject(self, model: nn.Module, name: str, config: MethodConfig) -> dict[str, Any]:
         assert isinstance(config, self.config_cls)
         targets = resolve_linear_targets(model, config.target_modules, config.exclude_modules, self.label)
+        targets = keep_layers(targets, config.target_modules, config.layers_to_transform, config.layers_pattern,
+                              self.label)
         make = self.layer_factory(model, name, config, targets)
         inject_layers(model, targets, self.layer_cls, lambda t, m: make(m), name, config)
         resolved: dict[str, Any] = {"target_modules": portable_target_names(model, targets, LINEAR_TYPES)}
@@ -127,17 +134,12 @@ class LinearAdapterMethod(Method):
         return trained_biases(model, bias, self.layer_cls, name)
 
 
-# peft options of these methods that change what an adapter computes and that leantune does not implement.
-LAYER_SELECTION_KEYS = ("layers_to_transform", "layers_pattern")
-
-
 def peft_dict_from_fields(config: MethodConfig, resolved: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """``adapter_config.json`` for a config whose fields carry peft's names: every field, the targets injection
-    resolved, no layer selection, and ``extra``."""
+    resolved, and ``extra``."""
     fields = config.model_dump(exclude={"target_modules", "exclude_modules", "modules_to_save"})
     return {"peft_type": config.peft_type, **fields, "target_modules": resolved["target_modules"],
-            "exclude_modules": None, "modules_to_save": resolved.get("modules_to_save"),
-            "layers_to_transform": None, "layers_pattern": None, **extra}
+            "exclude_modules": None, "modules_to_save": resolved.get("modules_to_save"), **extra}
 
 
 def config_from_peft_fields(cls: type[MethodConfig], d: dict[str, Any], unsupported: tuple[str, ...],

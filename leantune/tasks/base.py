@@ -53,9 +53,14 @@ class Task(ABC):
     serves: ClassVar[str] = "generate"
     """What ``leantune serve`` offers for a run of the task: ``generate`` (chat / completions), ``classify`` or
     ``answer`` (extractive QA)."""
+    default_max_length: ClassVar[int | None] = 128
+    """``train.max_length`` when the config leaves it unset (None: :meth:`prepare` chooses it from the data)."""
 
     def __init__(self, cfg: RunConfig, tokenizer: Any, model_config: Any) -> None:
-        """``model_config``: the base model's transformers config."""
+        """``model_config``: the base model's transformers config. An unset ``train.max_length`` takes the task's
+        default here (its config is the run's: the value used is the one the run folder keeps)."""
+        if cfg.train.max_length is None:
+            cfg.train.max_length = self.default_max_length
         self.cfg = cfg
         self.args = cfg.task_args
         self.tokenizer = tokenizer

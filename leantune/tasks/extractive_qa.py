@@ -100,7 +100,7 @@ class ExtractiveQATask(Task):
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         super().check_config(cfg)
-        stride, max_length = cfg.task_args.doc_stride, cfg.train.max_length
+        stride, max_length = cfg.task_args.doc_stride, cfg.train.max_length or cls.default_max_length
         if stride is not None and stride >= max_length // 2:
             raise ValueError(f"task_args.doc_stride ({stride}) must be below half of train.max_length ({max_length})")
 

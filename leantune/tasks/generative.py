@@ -18,11 +18,14 @@ An encoder-decoder model reads the prompt as plain text and is trained on ``resp
 
 An example longer than ``max_length`` loses the start of its prompt first (after a leading BOS token, which
 stays); a response that does not fit on its own keeps its first tokens. Both are counted in the data report
-(``truncated``, ``response_truncated``).
+(``truncated``, ``response_truncated``), and more than 1% truncated is a warning. Unset, ``max_length`` is chosen
+from the data (:func:`pick_max_length`) and said on stderr.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from abc import abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,6 +49,30 @@ from leantune.tasks.base import Task, TaskArgs
 
 if TYPE_CHECKING:
     from leantune.config import RunConfig
+
+
+def pick_max_length(lengths: list[int], cap: int | None, multiple: int = 8) -> tuple[int, str]:
+    """A max_length for examples of ``lengths`` tokens, and why: the longest, or the 99th percentile (nearest
+    rank) where the longest is more than twice that (a few outliers are cut rather than sizing every batch's
+    memory on them); rounded up to ``multiple``, at most ``cap``."""
+    ordered = sorted(lengths)
+    p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+    longest = ordered[-1]
+    wanted, rule = (longest, "the longest") if longest <= 2 * p99 else (p99, "the 99th percentile")
+    chosen = max(multiple, math.ceil(wanted / multiple) * multiple)
+    if cap is not None:
+        chosen = min(chosen, cap)
+    return chosen, f"{rule} of {len(ordered)} tokenised lengths: 99th percentile {p99}, longest {longest}"
+
+
+def context_length(model_config: Any, tokenizer: Any) -> int | None:
+    """The longest sequence the model takes: its config's position limit, else the tokenizer's (None: no limit
+    known, e.g. T5's relative positions)."""
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    limits = [getattr(text_config, key, None) for key in ("max_position_embeddings", "n_positions")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    known = [int(n) for n in limits if isinstance(n, int) and 1 < n < 10**7]  # tokenizers say 1e30 for "none"
+    return min(known) if known else None
 
 
 class GenerationArgs(TaskArgs):
@@ -100,6 +127,7 @@ class GenerativeTask(Task):
     """Base of the generative tasks; subclasses turn records into :class:`Example` and score predictions."""
 
     generates = True
+    default_max_length = None  # chosen from the data by prepare()
     args: GenerationArgs
 
     def __init__(self, cfg: RunConfig, tokenizer: Any, model_config: Any) -> None:
@@ -227,14 +255,39 @@ class GenerativeTask(Task):
             train, evals = self.hold_out(train)
         if not train or not evals:
             raise LeantuneError(f"{data.train}: not enough examples ({len(train)} train, {len(evals)} eval).")
+        if self.cfg.train.max_length is None:
+            self.cfg.train.max_length = self.choose_max_length(train + evals)
         truncated: Counter = Counter()
         self.eval_examples = evals
         train_f = [self.encode(e, truncated) for e in train]
         eval_f = [self.encode(e, truncated) for e in evals]
         self.report.update(train=len(train), eval=len(evals), truncated=truncated["truncated"],
                            response_truncated=truncated["response_truncated"])
+        cut = truncated["truncated"] + (truncated["response_truncated"] if self.seq2seq else 0)
+        if cut > 0.01 * (len(train) + len(evals)):
+            print(f"leantune: warning: {cut} of {len(train) + len(evals)} examples truncated to max_length "
+                  f"{self.cfg.train.max_length}; raise train.max_length (or leave it unset to choose from the data)",
+                  file=sys.stderr, flush=True)
         self.report_bad_rows(self.bad)
         return train_f, eval_f
+
+    def full_length(self, ex: Example) -> int:
+        """The tokens of ``ex`` untruncated (seq2seq: the longer of its source and its target)."""
+        if self.seq2seq:
+            source = self.tokenizer(self.prompt_text(self._with_system(ex.messages)))["input_ids"]
+            return max(len(source), len(self.tokenizer(text_target=ex.response)["input_ids"]))
+        return sum(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) for text, _ in self._segments(ex))
+
+    def choose_max_length(self, examples: list[Example]) -> int:
+        """``train.max_length`` from the tokenised lengths of ``examples`` (:func:`pick_max_length`), said on stderr
+        and kept in the data report."""
+        lengths = [self.full_length(ex) for ex in examples]
+        cap = context_length(self.model_config, self.tokenizer)
+        chosen, why = pick_max_length(lengths, cap)
+        print(f"leantune: max_length: chose {chosen} ({why}; cap {cap or 'none'}, the model's context length)",
+              file=sys.stderr, flush=True)
+        self.report["max_length_chosen"] = chosen
+        return chosen
 
     # ---------------------------------------------------------------- model, loss
     @classmethod

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,12 @@ from leantune.data.packing import pack_examples
 from leantune.errors import LeantuneError
 from leantune.run.files import write_metrics
 from leantune.run.layout import ADAPTER_DIR, BEST, LOG_FILE, LOSS_PLOT, candidates
+from leantune.run.loader import load_run
 from leantune.run.status import mark_ended
 from leantune.system.memory import heap_trimmer, peak_memory
 from leantune.system.signals import TrainingInterrupted
 from leantune.tasks.base import Task
+from leantune.train.callbacks import Callback, Callbacks
 from leantune.train.checkpoints import (
     load_best,
     restore_trainable,
@@ -49,15 +51,28 @@ class RunResult:
     data_report: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
     """Peak memory of the process up to the end of training (peak_rss_mb; peak_cuda_mb on a GPU)."""
+    config: RunConfig | None = None
+    """The run's resolved config (what its ``config.yaml`` holds: e.g. the max_length the task chose)."""
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The final evaluation (the run folder's ``metrics.json``)."""
+        return self.after
+
+    def load(self) -> tuple[RunConfig, Task, torch.nn.Module]:
+        """(config, task, model with the trained adapter, in evaluation mode) of the run folder."""
+        return load_run(self.run_dir)
 
 
-def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resume: bool = False) -> RunResult:
+def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resume: bool = False,
+              callbacks: Iterable[Callback] = ()) -> RunResult:
     """Run one fine-tune as ``cfg`` describes and write its run folder; ``resume`` continues it from its newest
-    good checkpoint, exactly where it stopped."""
+    good checkpoint, exactly where it stopped. ``callbacks`` see its log rows, evaluations and end."""
     dist = init_distributed(cfg.distributed.strategy, cfg.distributed.backend)
     run_dir = Path(cfg.output_dir)
     try:
         run = setup_run(cfg, dist, overwrite=overwrite, quiet=quiet, resume=resume)
+        run.callbacks = Callbacks(callbacks, enabled=dist.main)
         train_seconds = fit(run)
         result = finish(run, train_seconds)
     except TrainingInterrupted as e:
@@ -72,6 +87,7 @@ def fine_tune(cfg: RunConfig, overwrite: bool = False, quiet: bool = False, resu
         shutdown(dist)
     if dist.main:
         mark_ended(run_dir, "finished")
+        run.callbacks.on_end(result)
     return result
 
 
@@ -147,9 +163,11 @@ def log_window(run: Run, seconds: float) -> None:
     tokens_per_s = window["tokens"] / max(seconds, 1e-9)
     lr = run.scheduler.get_last_lr()[0]
     mean_loss = window["loss"] / window["steps"]
-    run.logger.log({"step": state.step, "loss": mean_loss, "lr": lr, "tokens": window["tokens"],
-                    "tokens_per_s": round(tokens_per_s, 1), **peak_memory(run.device)})
+    row = {"step": state.step, "loss": mean_loss, "lr": lr, "tokens": window["tokens"],
+           "tokens_per_s": round(tokens_per_s, 1), **peak_memory(run.device)}
+    run.logger.log(row)
     run.logger.step(state.step, mean_loss, lr, tokens_per_s)
+    run.callbacks.on_step(row)
     state.window = {"loss": 0.0, "steps": 0, "tokens": 0}
 
 
@@ -160,6 +178,7 @@ def evaluate_step(run: Run) -> bool:
     metrics = task.evaluate(run.unwrapped, run.eval_features, run.device)
     logger.log({"step": state.step, "eval": task.headline(metrics)})
     logger.message(f"step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in task.headline(metrics).items()))
+    run.callbacks.on_evaluate(state.step, metrics)
     if _improved(metrics.get(run.metric), state.best_value, run.higher_is_better):
         state.best_value, state.best_step, state.bad_evals = metrics[run.metric], state.step, 0
         run.best_weights = trainable_state(run.unwrapped)
@@ -201,6 +220,7 @@ def finish(run: Run, train_seconds: float) -> RunResult:
     run.logger.log({"step": state.step, "eval": run.task.headline(after), "final": True,
                     "train_seconds": round(train_seconds, 1), **memory})
     run.logger.close()
+    run.callbacks.on_evaluate(state.step, after)
 
     lt.save_adapter(run.unwrapped, run.run_dir / ADAPTER_DIR, write=dist.main)  # whole, gathered from the shards
     if dist.main:
@@ -209,7 +229,7 @@ def finish(run: Run, train_seconds: float) -> RunResult:
         plot_run(run.run_dir / LOG_FILE, run.run_dir / LOSS_PLOT, run.metric)
     dist.barrier()
     return RunResult(run.run_dir, state.before, after, run.trainable, run.total, state.step, train_seconds,
-                     run.task.report, memory)
+                     run.task.report, memory, config=run.cfg)
 
 
 def final_evaluation(run: Run) -> dict[str, Any]:

@@ -21,7 +21,10 @@ def find_resume_point(run_dir: Path, cfg: RunConfig, dist: Dist | None = None) -
     if not is_run_folder(run_dir) or not candidates(run_dir):
         raise LeantuneError(f"nothing to resume in {run_dir}: no checkpoints/ there (a run writes one every "
                             "train.save_every steps, on SIGINT/SIGTERM and at the end). Run without --resume.")
-    saved = run_config(run_dir).model_dump()
+    saved_cfg = run_config(run_dir)
+    if cfg.train.max_length is None:  # the value the task chose from the data, kept in the run's config
+        cfg.train.max_length = saved_cfg.train.max_length
+    saved = saved_cfg.model_dump()
     changed = [k for k in changed_keys(saved, cfg.model_dump()) if k not in RESUMABLE_CHANGES]
     if changed:
         raise LeantuneError(f"cannot resume {run_dir}: the config differs from the run's in {changed}; "

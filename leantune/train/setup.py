@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from leantune.system.device import autocast_dtype, pick_device, seed_everything
 from leantune.tasks import make_task
 from leantune.tasks.base import Task
 from leantune.train.activation_checkpointing import enable_activation_checkpointing
+from leantune.train.callbacks import Callbacks
 from leantune.train.checkpoints import (
     Checkpoint,
     LoopState,
@@ -75,6 +76,8 @@ class Run:
     """Step, data position and best-metric bookkeeping: what a checkpoint saves besides weights and optimizer."""
     best_weights: dict[str, torch.Tensor] | None = None
     """The trainable tensors of the best evaluation of this process's run (None: read from checkpoint-best/)."""
+    callbacks: Callbacks = field(default_factory=Callbacks)
+    """The Python callbacks :func:`~leantune.train.loop.fine_tune` was given."""
 
 
 def setup_run(cfg: RunConfig, dist: Dist | None = None, overwrite: bool = False, quiet: bool = False,
@@ -82,6 +85,7 @@ def setup_run(cfg: RunConfig, dist: Dist | None = None, overwrite: bool = False,
     """Everything :func:`~leantune.train.loop.fit` needs; ``resume`` continues the run in ``cfg.output_dir`` from
     its newest good checkpoint (weights, optimizer, schedule, data position, random state), exactly."""
     dist = dist or Dist()
+    cfg = cfg.model_copy(deep=True)  # resolved here (max_length the task chooses), the caller's config untouched
     tc = cfg.train
     run_dir = Path(cfg.output_dir)
     checkpoint = open_run_dir(run_dir, cfg, dist, overwrite, resume)
