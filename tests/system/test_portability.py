@@ -49,3 +49,32 @@ def test_trains_without_the_unix_only_modules(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     steps = [row for row in log if "loss" in row]
     assert len(steps) == 2 and not any("peak_rss_mb" in row for row in steps)
+
+
+class FakeKernel32:
+    """The three Win32 calls the status check makes; process 7 runs, 8 has exited, 9 is another user's."""
+
+    def OpenProcess(self, access, inherit, pid):  # noqa: N802 - the Win32 names
+        return {7: 107, 8: 108}.get(pid, 0)
+
+    def GetExitCodeProcess(self, handle, code):  # noqa: N802
+        code._obj.value = 259 if handle == 107 else 0
+        return 1
+
+    def CloseHandle(self, handle):  # noqa: N802
+        return 1
+
+
+def test_on_windows_a_run_s_process_is_probed_without_a_signal(monkeypatch):
+    import ctypes
+
+    from leantune.run import status
+
+    def no_kill(pid, sig):
+        raise AssertionError("os.kill on Windows sends CTRL_C_EVENT or terminates the process")
+
+    monkeypatch.setattr(status.sys, "platform", "win32")
+    monkeypatch.setattr(status.os, "kill", no_kill)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error=False: FakeKernel32(), raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: 5, raising=False)  # access denied: it exists
+    assert status.process_alive(7) and not status.process_alive(8) and status.process_alive(9)
