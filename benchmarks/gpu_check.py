@@ -18,7 +18,9 @@
    with the cross-entropy, response tokens only), ``clip_gradients``, AdamW, linear schedule.
 4. The fused head alone (``linear_cross_entropy``) against logits + ``F.cross_entropy``: agreement, time, memory.
 5. QLoRA through bitsandbytes (NF4 base, LoRA r16) on SmolLM2, if its wheel runs; else the reason.
-6. FSDP2 on one device: a process group of one, ``fully_shard`` per block and at the root (as
+6. The precision policy: a bf16 checkpoint trained a few LoRA steps in each ``train.precision`` (auto, fp32, bf16,
+   fp16 with its loss scaler): the dtypes of base, adapter and optimizer state, steps and fp16 overflows, the loss.
+7. FSDP2 on one device: a process group of one, ``fully_shard`` per block and at the root (as
    ``distributed.strategy: fsdp`` does), three steps, the adapter gathered and saved.
 
 Needs on the GPU machine: torch with CUDA, transformers >= 4.56, peft, and leantune's own dependencies that a bare
@@ -55,7 +57,8 @@ PEAK_TFLOPS = 790.0  # bf16 dense, measured on one H200
 NEEDED = ["torch", "transformers", "peft", "pydantic", "yaml", "rich", "tqdm", "safetensors"]
 OPTIONAL = {"pytest": "section 2 (tests)", "bitsandbytes": "section 5 (QLoRA)"}
 TEST_FILES = ["tests/kernels", "tests/methods", "tests/test_adapters.py", "tests/test_peft_parity.py",
-              "tests/train/test_loop.py", "tests/train/test_activation_checkpointing.py", "tests/train/test_checkpoints.py"]
+              "tests/train/test_loop.py", "tests/train/test_activation_checkpointing.py", "tests/train/test_checkpoints.py",
+              "tests/train/test_precision.py"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -370,7 +373,56 @@ def qlora(config: Any, device: str, tiny: bool) -> list[str]:
     return lines
 
 
-# ------------------------------------------------------------------------------------------------- 6. FSDP2
+# ------------------------------------------------------------------------------------------------- 6. precision
+def precision_policy(config: Any, device: str, tiny: bool) -> list[str]:
+    """A bf16 checkpoint trained a few LoRA steps in each ``train.precision`` as a run applies it: the base cast
+    to the compute dtype, the adapter upcast to fp32, autocast, and for fp16 the loss scaler (unscale, clip, step,
+    overflows skipped)."""
+    import torch
+
+    from leantune.data.batching import pad_batch
+    from leantune.system.device import autocast_dtype, resolve_precision
+    from leantune.train.loop import accumulate_gradients, apply_gradients
+    from leantune.train.optim import build_optimizer
+    from leantune.train.precision import cast_base, grad_scaler, upcast_trainable
+
+    batch, max_length, steps = (2, 32, 3) if tiny else (8, 512, 12)
+    dev = torch.device(device)
+    lines = ["## Precision (a bf16 checkpoint, LoRA r16)", "",
+             "| precision | resolved | base | trainable | optimizer state | steps / overflows | loss scale | last loss |",
+             "|---|---|---|---|---|---:|---:|---:|"]
+    for precision in ("auto", "fp32", "bf16", "fp16"):
+        try:
+            resolved = resolve_precision(precision, dev)
+            model = build_model(config, device, torch.bfloat16)
+            cast_base(model, precision, dev)
+            model = attach_lora(model, adapters_fp32=False)
+            upcast_trainable(model)
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt, scaler = build_optimizer(model, 2e-4, 0.01), grad_scaler(resolved, dev)
+            amp = autocast_dtype(resolved, dev)
+            data = examples(batch * steps * 4, max_length, config.vocab_size)
+            rows = iter([data[i:i + batch] for i in range(0, len(data), batch)])
+            outcomes, loss = [], float("nan")
+            while outcomes.count("step") < steps and len(outcomes) < 4 * steps:
+                micro = [pad_batch(next(rows), 0)]
+                loss, _ = accumulate_gradients(model, decoder_loss(), micro, dev, amp, None, scaler)
+                outcomes.append(apply_gradients(opt, scaler, params, 1.0, loss)[0])
+            dtypes = [{str(t.dtype).removeprefix("torch.") for t in ts}
+                      for ts in ([p for p in model.parameters() if not p.requires_grad], params,
+                                 [v for st in opt.state.values() for v in st.values() if v.dim() > 0])]
+            scale = f"{scaler.get_scale():.0f}" if scaler.is_enabled() else "-"
+            names = [", ".join(sorted(d)) for d in dtypes]
+            lines.append(f"| {precision} | {resolved} | {names[0]} | {names[1]} | {names[2]} | "
+                         f"{outcomes.count('step')} / {outcomes.count('overflow')} | {scale} | {loss:.3f} |")
+            del model, opt
+        except Exception as e:  # noqa: BLE001 - a precision this device refuses is a row with its reason
+            lines.append(f"| {precision} | failed: {type(e).__name__}: {str(e)[:200]} | | | | | | |")
+        reset_memory(device)
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------- 7. FSDP2
 def fsdp_smoke(config: Any, device: str) -> list[str]:
     """A process group of one; fully_shard per block and at the root; three steps; the adapter gathered."""
     import torch
@@ -424,6 +476,7 @@ def main(argv: list[str] | None = None) -> str:
     smol = configs["SmolLM2-135M"]
     lines += [*fused_head(configs["Gemma-3-270M"], args.device, args.tiny), ""]
     lines += [*qlora(smol, args.device, args.tiny), ""]
+    lines += [*precision_policy(smol, args.device, args.tiny), ""]
     lines += [*fsdp_smoke(smol, args.device), "", f"total {time.perf_counter() - start:.0f} s"]
     report = "\n".join(lines)
     print(report, flush=True)

@@ -130,8 +130,11 @@ class TrainConfig(_Strict):
     """Metric that picks the best checkpoint (default: the task's, e.g. accuracy)."""
     early_stopping_patience: int | None = Field(None, gt=0)
     """Stop after this many evaluations without improvement."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: fp32 on CPU (bf16 is slower there), bf16 autocast on GPUs that support it."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """How the forward passes compute. auto: fp32 on the CPU (bf16 is slower there) and on Apple's MPS, bf16
+    autocast on GPUs with bf16, fp16 autocast with a dynamic loss scaler on GPUs without it (T4, V100). In fp32 a
+    bf16 checkpoint is upcast; under autocast a half-precision base stays in half. Trainable weights and the
+    optimizer state are fp32 in every precision."""
     num_threads: int | None = Field(None, gt=0)
     log_every: int = Field(10, gt=0)
     save_every: int | None = Field(200, gt=0)

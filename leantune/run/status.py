@@ -91,6 +91,8 @@ def process_alive(pid: int | None) -> bool:
     positive int names one process (``kill`` reads 0 and negative numbers as process groups)."""
     if type(pid) is not int or pid <= 0:
         return False
+    if sys.platform == "win32":  # there kill(pid, 0) is not a probe: it sends CTRL_C_EVENT
+        return _windows_process_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -102,6 +104,21 @@ def process_alive(pid: int | None) -> bool:
         return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True  # no /proc: kill(0) said it exists
+
+
+def _windows_process_alive(pid: int) -> bool:
+    """Whether ``pid`` names a process that has not exited, by the Win32 API (no signal sent)."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists, run by another user
+    code = ctypes.c_ulong()
+    try:
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def run_status(run_dir: Path, record: dict[str, Any] | None = None) -> tuple[str, str | None]:

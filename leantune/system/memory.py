@@ -3,32 +3,47 @@
 from __future__ import annotations
 
 import os
-import resource
 import sys
 from collections.abc import Callable
 
 import torch
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes); where the Unix
+    ``resource`` module is missing (Windows), psutil's peak working set if psutil is installed, else None."""
+    try:
+        import resource
+    except ImportError:
+        return _psutil_mb("peak_wset")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def current_rss_mb() -> float:
-    """Resident set size now, in MiB (Linux /proc; falls back to the peak elsewhere)."""
+def current_rss_mb() -> float | None:
+    """Resident set size now, in MiB (Linux /proc; psutil or the peak elsewhere; None when nothing can tell)."""
     try:
         with open("/proc/self/statm") as f:
             pages = int(f.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return peak_rss_mb()
+    except (OSError, ValueError, AttributeError):
+        return _psutil_mb("rss") or peak_rss_mb()
+
+
+def _psutil_mb(field: str) -> float | None:
+    """A field of psutil's memory_info of this process in MiB, or None without psutil (or the field)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    value = getattr(psutil.Process().memory_info(), field, None)
+    return value / 2**20 if value is not None else None
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
-    """What the run reports: peak RSS, and the CUDA allocator's peak on a GPU."""
-    out = {"peak_rss_mb": round(peak_rss_mb(), 1)}
+    """What the run reports: peak RSS (left out where it cannot be read), and the CUDA allocator's peak on a GPU."""
+    peak = peak_rss_mb()
+    out = {"peak_rss_mb": round(peak, 1)} if peak is not None else {}
     if device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out

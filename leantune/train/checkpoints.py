@@ -5,8 +5,8 @@ never stopped:
 
 * ``trainable.safetensors`` — every trainable tensor (adapter and head) by its name in the model;
 * ``adapter/`` — the same weights as a peft-format adapter, usable on its own (``lt.load_adapter``, HF peft);
-* ``optimizer-rank{r}.pt`` — optimizer (this process's shard under FSDP) and learning-rate schedule state (tensors
-  and numbers only: loaded with ``torch.load(weights_only=True)``, no pickled code);
+* ``optimizer-rank{r}.pt`` — optimizer (this process's shard under FSDP), learning-rate schedule and fp16 loss
+  scaler state (tensors and numbers only: loaded with ``torch.load(weights_only=True)``, no pickled code);
 * ``rng-rank{r}.pt`` — Python, NumPy, torch (and CUDA) random states of each process;
 * ``state.json`` — step, data position (micro-batches consumed), best-metric bookkeeping, the open log window;
 * ``manifest.json`` — size and SHA-256 of every file above, written last.
@@ -68,8 +68,9 @@ class LoopState:
 
 # ------------------------------------------------------------------------------------------------- writing
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: LoopState, keep_last: int, dist: Dist | None = None) -> Path:
-    """Write a complete checkpoint for ``state.step`` atomically, point ``latest`` at it, prune old ones.
+                    state: LoopState, keep_last: int, dist: Dist | None = None, scaler: Any = None) -> Path:
+    """Write a complete checkpoint for ``state.step`` atomically, point ``latest`` at it, prune old ones
+    (``scaler``: fp16's loss scaler, whose scale a resumed run continues with).
 
     With several processes every rank calls it: sharded weights are gathered whole, each rank adds its own
     optimizer shard and random state, rank 0 writes the rest and moves the checkpoint into place."""
@@ -89,8 +90,8 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     lt.save_adapter(model, tmp / ADAPTER_DIR, write=dist.main)
     dist.barrier()
     tmp.mkdir(parents=True, exist_ok=True)  # (another node's view of the folder, without a shared filesystem)
-    torch.save({"optimizer": _local_optimizer_state(optimizer), "scheduler": scheduler.state_dict()},
-               tmp / f"optimizer-rank{dist.rank}.pt")
+    torch.save({"optimizer": _local_optimizer_state(optimizer), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {}}, tmp / f"optimizer-rank{dist.rank}.pt")
     torch.save(rng_state(), tmp / f"rng-rank{dist.rank}.pt")
     dist.barrier()
     final = root / name

@@ -60,7 +60,7 @@ def estimate_run(cfg: RunConfig) -> Estimate:
     device = setup_process(tc)
     model_path, task = load_task(cfg)
     train_features, _ = task.prepare()
-    runtime_mb = current_rss_mb() if device.type == "cpu" else 0.0
+    runtime_mb = (current_rss_mb() or 0.0) if device.type == "cpu" else 0.0
     model, _ = prepare_model(cfg, task, model_path, device, checkpointing=False)
     trainable, total = lt.trainable_parameters(model)
     batch = _largest_batch(train_features, tc.batch_size, task.pad_id, tc.max_length if tc.packing else None)

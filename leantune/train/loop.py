@@ -36,6 +36,7 @@ from leantune.train.checkpoints import (
 from leantune.train.distributed import Dist, global_batches, init_distributed, no_gradient_sync, shutdown
 from leantune.train.guards import SpikeDetector, StopRequest, stop_requests
 from leantune.train.logger import plot_run
+from leantune.train.precision import autocast
 from leantune.train.setup import Run, setup_run
 
 
@@ -106,10 +107,15 @@ def fit(run: Run) -> float:
         while state.step < run.total_steps:
             micro = [next(batches) for _ in range(tc.grad_accum)]
             state.micro_batches += tc.grad_accum
-            step_loss, tokens = accumulate_gradients(run.model, run.task, micro, run.device, run.amp_dtype, run.dist)
-            grad_norm = clip_gradients(params, tc.max_grad_norm)
-            if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
-                skip_step(run, step_loss, float(grad_norm))
+            step_loss, tokens = accumulate_gradients(run.model, run.task, micro, run.device, run.amp_dtype, run.dist,
+                                                     run.scaler)
+            outcome, grad_norm = apply_gradients(run.optimizer, run.scaler, params, tc.max_grad_norm, step_loss)
+            if outcome == "overflow":
+                run.logger.log({"step": state.step, "skipped": "fp16 gradients overflowed",
+                                "loss_scale": run.scaler.get_scale()})
+                continue
+            if outcome == "nonfinite":
+                skip_step(run, step_loss, grad_norm)
                 continue
             take_step(run, step_loss, tokens, spikes, trim_heap)
             step = state.step
@@ -123,10 +129,8 @@ def fit(run: Run) -> float:
 
 
 def take_step(run: Run, step_loss: float, tokens: int, spikes: SpikeDetector, trim_heap: Callable[[], object]) -> None:
-    """Apply the accumulated gradients, advance the schedule, and count the step into the log window."""
-    run.optimizer.step()
+    """After the optimizer stepped: advance the schedule, and count the step into the log window."""
     run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
     trim_heap()
     state = run.state
     state.step += 1
@@ -142,7 +146,6 @@ def take_step(run: Run, step_loss: float, tokens: int, spikes: SpikeDetector, tr
 def skip_step(run: Run, step_loss: float, grad_norm: float) -> None:
     """Numerical guard: drop a step whose loss or gradients are not finite (the weights stay as they were); stop
     the run when it keeps happening."""
-    run.optimizer.zero_grad(set_to_none=True)
     state, tc = run.state, run.cfg.train
     state.nonfinite_steps += 1
     run.logger.log({"step": state.step, "skipped": "non-finite loss or gradients", "loss": step_loss})
@@ -175,7 +178,7 @@ def evaluate_step(run: Run) -> bool:
     """Evaluate now; keep the weights (and write ``checkpoint-best/``) when the metric improved. Returns False
     when early stopping ends the run."""
     state, task, logger = run.state, run.task, run.logger
-    metrics = task.evaluate(run.unwrapped, run.eval_features, run.device)
+    metrics = run.evaluate()
     logger.log({"step": state.step, "eval": task.headline(metrics)})
     logger.message(f"step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in task.headline(metrics).items()))
     run.callbacks.on_evaluate(state.step, metrics)
@@ -199,7 +202,7 @@ def checkpoint_or_stop(run: Run, stop: StopRequest) -> None:
     stopping = run.dist.any(stop.requested is not None)  # every rank stops at the same step
     if stopping or (tc.save_every and step % tc.save_every == 0 and step < run.total_steps):
         path = save_checkpoint(run.run_dir, run.unwrapped, run.optimizer, run.scheduler, run.state, tc.keep_last,
-                               run.dist)
+                               run.dist, run.scaler)
         if stopping:
             run.logger.close()
             raise TrainingInterrupted(
@@ -215,7 +218,7 @@ def finish(run: Run, train_seconds: float) -> RunResult:
     state, dist = run.state, run.dist
     if state.step > 0:  # the end state, so a longer run can resume from it
         save_checkpoint(run.run_dir, run.unwrapped, run.optimizer, run.scheduler, state, run.cfg.train.keep_last,
-                        dist)
+                        dist, run.scaler)
     after = final_evaluation(run)
     run.logger.log({"step": state.step, "eval": run.task.headline(after), "final": True,
                     "train_seconds": round(train_seconds, 1), **memory})
@@ -237,12 +240,12 @@ def final_evaluation(run: Run) -> dict[str, Any]:
     state = run.state
     if state.step == 0:
         return state.before
-    after = run.task.evaluate(run.unwrapped, run.eval_features, run.device)
+    after = run.evaluate()
     if state.best_step and not _improved(after.get(run.metric), state.best_value, run.higher_is_better,
                                          strict=False):
         best = run.best_weights if run.best_weights is not None else load_best(run.run_dir)
         restore_trainable(run.unwrapped, best, run.run_dir / BEST)
-        after = run.task.evaluate(run.unwrapped, run.eval_features, run.device)
+        after = run.evaluate()
         run.logger.message(f"kept the best checkpoint (step {state.best_step}, {run.metric} {state.best_value:.4f})")
     return after
 
@@ -278,27 +281,49 @@ def epoch_batches(features: list[dict], batch_size: int, seed: int, pad_id: int,
 
 
 def accumulate_gradients(model: torch.nn.Module, task: Task, micro: list[dict], device: torch.device,
-                         amp_dtype: torch.dtype | None, dist: Dist | None = None) -> tuple[float, int]:
+                         amp_dtype: torch.dtype | None, dist: Dist | None = None,
+                         scaler: torch.amp.GradScaler | None = None) -> tuple[float, int]:
     """Backward over the micro-batches of one optimizer step; return (step loss, real tokens), over all ranks.
 
     Each micro-batch's summed loss is divided by the number of examples (or target tokens) of the *whole step* on
     *all* ranks, so 4 micro-batches of 8 give the same loss and gradients as one batch of 32, whatever their
     padding, and 2 processes x batch 4 the same as 1 x batch 8 (DDP / FSDP average gradients over the ranks, so
-    each rank's loss is scaled by the world size). Only the last micro-batch synchronises gradients.
+    each rank's loss is scaled by the world size). Only the last micro-batch synchronises gradients. With fp16's
+    ``scaler`` the backward pass runs on the scaled loss (the step loss returned is not scaled).
     """
     dist = dist or Dist()
     count = dist.sum(sum(task.batch_count(b) for b in micro))[0]
     step_loss, tokens = 0.0, 0
     for i, b in enumerate(micro):
         b = {k: v.to(device) for k, v in b.items()}
-        with no_gradient_sync(model, skip=i < len(micro) - 1), \
-                torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with no_gradient_sync(model, skip=i < len(micro) - 1), autocast(device, amp_dtype):
             loss = task.batch_loss(model, b) / max(count, 1)
-            (loss * dist.world).backward()
+            scaled = loss * dist.world
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         step_loss += loss.item()
         tokens += int(b["attention_mask"].sum())
     step_loss, tokens = dist.sum(step_loss, tokens)
     return step_loss, int(tokens)
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
+                    max_norm: float | None, step_loss: float) -> tuple[str, float]:
+    """Unscale the gradients (fp16's loss scaler; a no-op otherwise), clip them, and step the optimizer through the
+    scaler; the gradients are cleared after. Returns (outcome, gradient norm), the outcome one of "step" (the
+    weights were updated), "overflow" (fp16 gradients overflowed: nothing updated, the scaler lowers its scale;
+    not a failure) and "nonfinite" (the loss or the gradients are not finite: nothing updated)."""
+    scaler.unscale_(optimizer)
+    grad_norm = float(clip_gradients(params, max_norm))
+    if not math.isfinite(step_loss):
+        outcome = "nonfinite"
+    elif not math.isfinite(grad_norm):
+        outcome = "overflow" if scaler.is_enabled() else "nonfinite"
+    else:
+        scaler.step(optimizer)
+        outcome = "step"
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return outcome, grad_norm
 
 
 def clip_gradients(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:

@@ -9,6 +9,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from leantune.models.quantize import quantize_model, resolve_backend
 from leantune.models.registry import resolve_model
 from leantune.run.layout import CONFIG_FILE, STATUS_FILE
 from leantune.run.status import is_running, mark_running, read_status, update_running
-from leantune.system.device import autocast_dtype, pick_device, seed_everything
+from leantune.system.device import autocast_dtype, pick_device, resolve_precision, seed_everything
 from leantune.tasks import make_task
 from leantune.tasks.base import Task
 from leantune.train.activation_checkpointing import enable_activation_checkpointing
@@ -42,6 +43,7 @@ from leantune.train.checkpoints import (
 from leantune.train.distributed import Dist, unwrap, wrap_model
 from leantune.train.logger import RunLogger
 from leantune.train.optim import build_optimizer, build_scheduler
+from leantune.train.precision import autocast, cast_base, grad_scaler, upcast_trainable
 from leantune.train.preflight import preflight
 from leantune.train.resume import find_resume_point
 
@@ -53,7 +55,11 @@ class Run:
     cfg: RunConfig
     dist: Dist
     device: torch.device
+    precision: str
+    """``train.precision`` resolved for the device: fp32, bf16 or fp16."""
     amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    """fp16's loss scaler; a disabled one (a pass-through) for the other precisions."""
     run_dir: Path
     task: Task
     train_features: list[dict]
@@ -79,6 +85,11 @@ class Run:
     callbacks: Callbacks = field(default_factory=Callbacks)
     """The Python callbacks :func:`~leantune.train.loop.fine_tune` was given."""
 
+    def evaluate(self) -> dict[str, Any]:
+        """The task's metrics on the evaluation data, computed under the run's autocast as training computes."""
+        with autocast(self.device, self.amp_dtype):
+            return self.task.evaluate(self.unwrapped, self.eval_features, self.device)
+
 
 def setup_run(cfg: RunConfig, dist: Dist | None = None, overwrite: bool = False, quiet: bool = False,
               resume: bool = False) -> Run:
@@ -90,6 +101,7 @@ def setup_run(cfg: RunConfig, dist: Dist | None = None, overwrite: bool = False,
     run_dir = Path(cfg.output_dir)
     checkpoint = open_run_dir(run_dir, cfg, dist, overwrite, resume)
     device = setup_process(tc, dist)
+    precision = resolve_precision(tc.precision, device)  # a precision the device lacks fails before any loading
     model_path, task = load_task(cfg)
     train_features, eval_features = task.prepare()
     if dist.main:
@@ -108,7 +120,8 @@ def setup_run(cfg: RunConfig, dist: Dist | None = None, overwrite: bool = False,
     rates = method_for_config(cfg.method_args).learning_rates(model, cfg.method_args, tc.lr)  # LoRA+
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, rates)
     metric = tc.metric or task.default_metric
-    run = Run(cfg=cfg, dist=dist, device=device, amp_dtype=autocast_dtype(tc.precision, device), run_dir=run_dir,
+    run = Run(cfg=cfg, dist=dist, device=device, precision=precision, amp_dtype=autocast_dtype(precision, device),
+              scaler=grad_scaler(precision, device, dist.strategy if dist.active else "none"), run_dir=run_dir,
               task=task, train_features=train_features, eval_features=eval_features, model=model,
               unwrapped=unwrap(model) if dist.strategy != "fsdp" else model, trainable=trainable, total=total,
               quantized=quantized, optimizer=optimizer,
@@ -189,16 +202,19 @@ def load_task(cfg: RunConfig) -> tuple[str, Task]:
 
 def prepare_model(cfg: RunConfig, task: Task, model_path: str, device: torch.device,
                   checkpointing: bool | None = None) -> tuple[nn.Module, dict | None]:
-    """The task's model from the pretrained weights, quantized if asked, with the method attached and leantune's
-    kernels in its layers (:mod:`leantune.kernels`: gated MLPs, RMSNorm, rotary embedding), on ``device``;
-    activation checkpointing (``checkpointing`` overrides the config) and compilation as the config says. Returns
-    (model, quantization report)."""
+    """The task's model from the pretrained weights (the base in the run's compute dtype), quantized if asked,
+    with the method attached (its trainable weights in fp32) and leantune's kernels in its layers
+    (:mod:`leantune.kernels`: gated MLPs, RMSNorm, rotary embedding), on ``device``; activation checkpointing
+    (``checkpointing`` overrides the config) and compilation as the config says. Returns (model, quantization
+    report)."""
     tc = cfg.train
     model = task.build_model(model_path)
+    cast_base(model, tc.precision, device)
     quantized = None
     if cfg.quantize != "none":
         quantized = quantize_model(model, cfg.quantize, resolve_backend(cfg.quantize_backend, device))
     lt.attach(model, cfg.method_args)
+    upcast_trainable(model)
     lean_gated_mlps(model)
     patch_model_rms_norms(model)
     patch_transformers_rotary(model)
@@ -230,7 +246,7 @@ def start_fresh(run: Run) -> None:
     logger.message(
         f"leantune: {cfg.method} on {cfg.model} ({cfg.task}): {run.trainable:,} of {run.total:,} parameters trained "
         f"({100 * run.trainable / run.total:.3f}%); {len(run.train_features)} train / {len(run.eval_features)} eval "
-        f"examples; {run.total_steps} steps on {run.device.type}"
+        f"examples; {run.total_steps} steps on {run.device.type} ({run.precision})"
         + (f" x {dist.world} processes ({dist.strategy})" if dist.active else ""))
     quantized = run.quantized
     if quantized:
@@ -241,16 +257,19 @@ def start_fresh(run: Run) -> None:
                 "quantized": quantized})
     state = run.state
     if cfg.train.eval_before or run.total_steps == 0:
-        state.before = run.task.evaluate(run.unwrapped, run.eval_features, run.device)
+        state.before = run.evaluate()
     if state.before:
         logger.log({"step": 0, "eval": run.task.headline(state.before)})
     state.best_value = state.before.get(run.metric)
 
 
 def continue_from(run: Run, checkpoint: Checkpoint) -> None:
-    """Continue exactly where ``checkpoint`` stopped: optimizer, schedule, bookkeeping, log, random state."""
+    """Continue exactly where ``checkpoint`` stopped: optimizer, schedule, loss scale, bookkeeping, log, random
+    state."""
     load_optimizer_state(run.optimizer, checkpoint.optimizer["optimizer"])
     run.scheduler.load_state_dict(checkpoint.optimizer["scheduler"])
+    if checkpoint.optimizer.get("scaler") and run.scaler.is_enabled():  # fp16: the loss scale it had reached
+        run.scaler.load_state_dict(checkpoint.optimizer["scaler"])
     run.state = checkpoint.state
     step = run.state.step
     run.logger.truncate_after(step)
