@@ -56,7 +56,8 @@ def mark_ended(run_dir: Path, status: str, error: BaseException | None = None) -
     record.update(status=status, ended=time.time())
     if error is not None:
         record["error"] = error_line(error)
-        record["traceback"] = traceback.format_exception(error)[-12:]
+        lines = traceback.format_exception(error)
+        record["traceback"] = lines[:1] + lines[-11:] if len(lines) > 12 else lines  # the header, then the end
     atomic_write_text(run_dir / STATUS_FILE, json.dumps(record, indent=1) + "\n")
 
 

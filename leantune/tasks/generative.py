@@ -210,7 +210,7 @@ class GenerativeTask(Task):
         kwargs = {"text_target": text} if target else {"text": text}
         enc = self.tokenizer(**kwargs, return_special_tokens_mask=True)
         ids, special = enc["input_ids"], enc["special_tokens_mask"]
-        if len(ids) <= max_len:
+        if max_len is None or len(ids) <= max_len:  # None: not chosen yet (prepare() chooses it), nothing is cut
             return ids
         truncated["response_truncated" if target else "truncated"] += 1
         content = [i for i, s in enumerate(special) if not s] or [0]
@@ -232,7 +232,7 @@ class GenerativeTask(Task):
             ids += piece
             labels += piece if trained else [-100] * len(piece)
         max_len = self.cfg.train.max_length
-        if len(ids) > max_len:
+        if max_len is not None and len(ids) > max_len:
             truncated["truncated"] += 1
             first_target = next((i for i, lab in enumerate(labels) if lab != -100), len(labels))
             keep = int(bool(ids) and ids[0] == self.tokenizer.bos_token_id)  # BOS stays (Gemma needs it)

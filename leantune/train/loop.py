@@ -319,7 +319,7 @@ def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
     elif not math.isfinite(grad_norm):
         outcome = "overflow" if scaler.is_enabled() else "nonfinite"
     else:
-        scaler.step(optimizer)
+        scaler.step(optimizer) if scaler.is_enabled() else optimizer.step()  # fp32 / bf16: the plain step
         outcome = "step"
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

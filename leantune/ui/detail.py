@@ -134,7 +134,9 @@ def log_tail(run_dir: Path, rows: list[dict[str, Any]], record: dict[str, Any], 
             return text.rstrip().splitlines()[-LOG_LINES:]
     lines = [line.rstrip() for chunk in record.get("traceback", []) for line in chunk.splitlines()]
     lines += [json.dumps(r) for r in rows[-10:]]
-    return lines[-LOG_LINES:]
+    if len(lines) <= LOG_LINES or not record.get("traceback"):
+        return lines[-LOG_LINES:]
+    return lines[:1] + lines[1 - LOG_LINES:]  # the traceback's header, then the end
 
 
 def _text(path: Path) -> str | None:
