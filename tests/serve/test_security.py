@@ -109,10 +109,10 @@ def test_a_config_value_is_never_echoed_and_an_unserved_base_is_never_looked_up(
     r = httpx.post(live.url + "/v1/adapters", json={"name": "bad-value", "path": "bad-value"}, headers=AUTH,
                    timeout=60)
     assert r.status_code == 400 and "'train.lr'" in r.json()["error"]["message"] and SECRET not in r.text
-    folder = _copy_run(live, serve_runs, "extra", "unserved-base")
+    folder = _copy_run(live, serve_runs, "extra", "sec-elsewhere")
     elsewhere = tmp_path / "elsewhere.gguf"  # would be converted into the cache if it were looked up
     (folder / "config.yaml").write_text(yaml.safe_dump({**raw, "model": str(elsewhere)}))
-    r = httpx.post(live.url + "/v1/adapters", json={"name": "unserved-base", "path": "unserved-base"}, headers=AUTH,
+    r = httpx.post(live.url + "/v1/adapters", json={"name": "sec-elsewhere", "path": "sec-elsewhere"}, headers=AUTH,
                    timeout=60)
     assert r.status_code == 400 and "not served here" in r.json()["error"]["message"]
 
