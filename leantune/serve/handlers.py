@@ -14,7 +14,6 @@ from leantune.serve.encoder import EncodeRequest
 from leantune.serve.gate import ApiError
 from leantune.serve.registry import ServedAdapter, ServedBase
 from leantune.serve.schemas import AnswerRequest, ClassifyRequest
-from leantune.tasks.extractive_qa import make_windows
 
 logger = logging.getLogger("leantune.serve")
 
@@ -105,9 +104,7 @@ async def answer(server: Any, body: AnswerRequest) -> dict[str, Any]:
             if n_context > limit:
                 raise ApiError(400, f"context: {n_context} tokens; the limit is {limit} (--max-prompt-tokens).",
                                param="context", code="prompt_too_long")
-            max_length = run.cfg.train.max_length  # the windows the run was trained on
-            stride = run.cfg.task_args.doc_stride or max_length // 3
-            return make_windows(tok, [body.question], [body.context], max_length, stride)
+            return adapter.task.windows([body.question], [body.context])  # as the run was trained
 
     windows = await run_in_threadpool(encode)
     rows = _rows(windows, len(windows["input_ids"]))

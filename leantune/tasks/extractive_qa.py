@@ -121,9 +121,14 @@ class ExtractiveQATask(Task):
             raise LeantuneError(f"{path}: no questions.")
         return kept
 
+    def windows(self, questions: list[str], contexts: list[str]) -> Any:
+        """The tokenised windows of each (question, context), as the run trains and serves them (max_length,
+        doc_stride)."""
+        max_length = self.cfg.train.max_length
+        return make_windows(self.tokenizer, questions, contexts, max_length, self.args.doc_stride or max_length // 3)
+
     def featurize(self, records: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         """Windows of every record; training windows carry start/end targets, eval windows their offsets."""
-        max_length = self.cfg.train.max_length
         spans: list[tuple[str, int]] = []
         if train:  # the answer of every question, re-located where answer_start is off; none in the context: dropped
             positions: Counter = Counter()
@@ -135,8 +140,7 @@ class ExtractiveQATask(Task):
             if not records:
                 raise LeantuneError("no training question has its answer in the context (see answer_positions: "
                                     f"{dict(positions)})")
-        enc = make_windows(self.tokenizer, [r["question"] for r in records], [r["context"] for r in records],
-                           max_length, self.args.doc_stride or max_length // 3)
+        enc = self.windows([r["question"] for r in records], [r["context"] for r in records])
         features = []
         for i in range(len(enc["input_ids"])):
             rec_idx = enc["overflow_to_sample_mapping"][i]
